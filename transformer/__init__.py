@@ -1,0 +1,3 @@
+"""Transformer toolkit: attention library, models, training system."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,166 @@
+"""What every attention layer shares: option handling, positions, masks, backend dispatch, init.
+
+A subclass only says how queries, keys and values are projected (:meth:`AttentionLayer.project`)
+and what it caches (:meth:`AttentionLayer.new_cache`); the forward pass is written once, here.
+
+Shape legend: b batch, s query length, m memory (cross-attention source) length, L keys after the
+cache, D embed_dim, h num_heads, n_kv num_kv_heads, d head_dim, d_v value head dim.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .config import AttentionConfig
+from .kv_cache import KVCache
+from .masks import AttentionMask, resolve_mask
+from .positional import ALiBi, RelativePositionBias, RotaryEmbedding
+from .sdpa import ATTENTION_BACKENDS
+
+log = logging.getLogger(__name__)
+
+Rope = tuple[Tensor, Tensor]  # (cos, sin), each [s, r] or [b, 1, s, r]
+
+
+class AttentionLayer(nn.Module):
+    """Base class: ``[b, s, D] -> [b, s, D]`` self- or cross-attention."""
+
+    attention_type = "base"
+
+    def __init__(self, embed_dim: int, num_heads: int, config: AttentionConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.embed_dim, self.num_heads = embed_dim, num_heads
+        self.num_kv_heads, self.head_dim = config.resolve_heads(embed_dim, num_heads)
+        self.causal, self.sliding_window = config.causal, config.sliding_window
+        self.backend = config.backend
+        self._kernel = ATTENTION_BACKENDS[config.backend]
+        self.last_dispatch: str | None = None
+        """The kernel path of the latest forward, e.g. ``"sdpa:is_causal"`` (see ``sdpa.py``)."""
+        self.rotary: RotaryEmbedding | None = None
+        self.position_bias: nn.Module | None = None
+        if config.positional == "alibi":
+            self.position_bias = ALiBi(num_heads)
+        elif config.positional == "relative":
+            self.position_bias = RelativePositionBias(
+                num_heads,
+                bidirectional=not config.causal,
+                num_buckets=config.relative_buckets,
+                max_distance=config.relative_max_distance,
+            )
+
+    def _make_rotary(self, dim: int, fraction: float) -> None:
+        cfg = self.config
+        if cfg.positional == "rope":
+            self.rotary = RotaryEmbedding(
+                dim, theta=cfg.rope_theta, fraction=fraction, scaling=cfg.rope_scaling, scaling_factor=cfg.rope_scaling_factor
+            )
+
+    # ------------------------------------------------------------------ to be provided by subclasses
+    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        """-> q ``[b, h, s, d_qk]``, k ``[b, n_kv|h, L, d_qk]``, v ``[b, n_kv|h, L, d_v]`` (cache applied)."""
+        raise NotImplementedError
+
+    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None) -> KVCache:
+        raise NotImplementedError
+
+    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+        raise NotImplementedError
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim)
+
+    # ------------------------------------------------------------------ the one forward pass
+    def forward(
+        self,
+        x: Tensor,
+        memory: Tensor | None = None,
+        *,
+        attention_mask: AttentionMask | Tensor | None = None,
+        cache: KVCache | None = None,
+        rope: Rope | None = None,
+        need_weights: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        """Attend from ``x`` ``[b, s, D]`` to itself, or to ``memory`` ``[b, m, D]`` (cross-attention).
+
+        ``attention_mask``: an :class:`AttentionMask` built once by the model, or a ``[b, L]`` padding
+        mask (1 = real token) from which one is built here with this layer's causal / window settings.
+        ``cache``: from :meth:`new_cache`; new keys/values are appended (for cross-attention it is
+        filled on the first call and reused after). ``rope``: precomputed ``(cos, sin)`` for the query
+        positions; computed here when omitted. Returns ``[b, s, D]``, plus weights ``[b, h, s, L]``
+        with ``need_weights=True`` (eager backend only).
+        """
+        if x.dim() != 3 or x.shape[-1] != self.embed_dim:
+            raise ValueError(f"attention input must be [batch, seq, {self.embed_dim}], got {tuple(x.shape)}")
+        cross = memory is not None
+        b, s, _ = x.shape
+        if cross:
+            rope = None  # positions of two different sequences are not comparable
+        elif self.rotary is not None and rope is None:
+            start = cache.length if cache is not None else 0
+            rope = self.rotary.for_range(start, s, x.device)
+        q, k, v = self.project(x, memory, rope, cache)
+        kv_len = k.shape[-2]
+        mask = resolve_mask(
+            attention_mask,
+            q_len=s,
+            kv_len=kv_len,
+            causal=self.causal and not cross,
+            window=None if cross else self.sliding_window,
+            device=x.device,
+        )
+        bias = None if cross else self._score_bias(mask, s, kv_len)
+        result = self._kernel(
+            q, k, v, mask, bias,
+            scale=self.scale,
+            dropout_p=self.config.dropout if self.training else 0.0,
+            need_weights=need_weights,
+        )
+        if result.dispatch != self.last_dispatch:
+            log.debug("%s(backend=%s) dispatched to %s", type(self).__name__, self.backend, result.dispatch)
+            self.last_dispatch = result.dispatch
+        out = self.out_proj(result.output.transpose(1, 2).reshape(b, s, -1))  # [b, s, h*d_v] -> [b, s, D]
+        return (out, result.weights) if need_weights else out
+
+    def _score_bias(self, mask: AttentionMask | None, q_len: int, kv_len: int) -> Tensor | None:
+        """``[1, h, s, L]`` additive bias for ALiBi / relative positions (queries are the last s keys)."""
+        if self.position_bias is None:
+            return None
+        q_offset = kv_len - q_len
+        if isinstance(self.position_bias, ALiBi) and mask is not None:
+            key = ("alibi", self.num_heads, q_offset)  # parameter-free: compute once, share across layers
+            if key not in mask.memo:
+                mask.memo[key] = self.position_bias(q_len, kv_len, q_offset)
+            return mask.memo[key]
+        return self.position_bias(q_len, kv_len, q_offset)
+
+    # ------------------------------------------------------------------ initialisation
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """normal(0, init_std) for projections, ``init_std / sqrt(2 * num_layers)`` for the output
+        projection (GPT-2's scaled residual init), zero biases, unit norm weights."""
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = self.config.output_init_std() if module is self.out_proj else self.config.init_std
+                nn.init.normal_(module.weight, 0.0, std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.RMSNorm) and module.weight is not None:
+                nn.init.ones_(module.weight)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, self.config.init_std)
+
+    def extra_repr(self) -> str:
+        cfg = self.config
+        parts = [
+            f"embed_dim={self.embed_dim}", f"num_heads={self.num_heads}", f"num_kv_heads={self.num_kv_heads}",
+            f"head_dim={self.head_dim}", f"causal={self.causal}", f"backend={self.backend}", f"positional={cfg.positional}",
+        ]
+        if self.sliding_window:
+            parts.append(f"sliding_window={self.sliding_window}")
+        return ", ".join(parts)

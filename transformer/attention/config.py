@@ -1,0 +1,150 @@
+"""Options shared by every attention layer: one name, one default, one docstring each.
+
+Layers take ``embed_dim`` and ``num_heads`` positionally (they belong to the model) and every other
+option as a keyword that lands in :class:`AttentionConfig`. The model config (``transformer.config``)
+embeds the same dataclass, so a YAML key such as ``model.attention.sliding_window`` is exactly the
+keyword a user passes to ``get_attention``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass
+from typing import Any
+
+POSITIONAL_SCHEMES = ("none", "rope", "alibi", "relative")
+BACKENDS = ("sdpa", "eager", "flex")
+ROPE_SCALINGS = ("linear", "ntk")
+
+
+@dataclass
+class AttentionConfig:
+    """Every attention option except the model-owned ``embed_dim`` / ``num_heads``."""
+
+    num_kv_heads: int | None = None
+    """Key/value heads. ``None`` means ``num_heads`` (MHA); 1 is MQA; a divisor of ``num_heads`` is GQA."""
+    head_dim: int | None = None
+    """Per-head width. ``None`` means ``embed_dim // num_heads`` (which must then divide exactly)."""
+    bias: bool = False
+    """Bias on the input and output projections."""
+    dropout: float = 0.0
+    """Dropout on the attention weights, applied only in training mode."""
+    causal: bool = False
+    """Each query attends only to keys at its own or earlier positions."""
+    sliding_window: int | None = None
+    """Local attention: a query attends to at most this many keys (itself and the W-1 before it when
+    causal; keys at distance < W on either side when not)."""
+    qk_norm: bool = False
+    """RMS-normalise queries and keys per head before positions are applied (stabilises training)."""
+    backend: str = "sdpa"
+    """Kernel: ``sdpa`` (torch fused kernels), ``eager`` (explicit fp32 softmax, can return weights),
+    ``flex`` (FlexAttention, compiled on first use)."""
+    positional: str = "none"
+    """Position scheme applied inside attention: ``none``, ``rope``, ``alibi`` or ``relative`` (T5 buckets)."""
+    rope_theta: float = 10000.0
+    """RoPE base period."""
+    rope_fraction: float = 1.0
+    """Fraction of each head's dimensions that RoPE rotates (GPT-NeoX style partial rotary)."""
+    rope_scaling: str | None = None
+    """Context extension: ``linear`` (position interpolation) or ``ntk`` (NTK-aware base scaling)."""
+    rope_scaling_factor: float = 1.0
+    """How many times longer than the trained context the scaled RoPE should reach."""
+    relative_buckets: int = 32
+    """T5 relative bias: number of learned buckets."""
+    relative_max_distance: int = 128
+    """T5 relative bias: distance beyond which all offsets share the last bucket."""
+    kv_lora_rank: int | None = None
+    """MLA: width of the compressed key/value latent that is cached. ``None`` means ``4 * head_dim``."""
+    q_lora_rank: int | None = None
+    """MLA: width of the compressed query (``None``: queries are projected directly)."""
+    rope_head_dim: int | None = None
+    """MLA: width of the decoupled RoPE part of each query/key. ``None`` means ``head_dim // 2``."""
+    v_head_dim: int | None = None
+    """MLA: per-head value width. ``None`` means ``head_dim``."""
+    norm_eps: float = 1e-6
+    """Epsilon of the RMS norms used by ``qk_norm`` and MLA's latent norms."""
+    init_std: float = 0.02
+    """Std of the normal initialisation of projection weights."""
+    num_layers: int = 1
+    """Depth of the stack this layer belongs to: the output projection starts at
+    ``init_std / sqrt(2 * num_layers)`` so the residual stream's variance does not grow with depth."""
+
+    def __post_init__(self) -> None:
+        if self.positional not in POSITIONAL_SCHEMES:
+            raise ValueError(f"attention positional={self.positional!r} is unknown; choose one of {POSITIONAL_SCHEMES}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"attention backend={self.backend!r} is unknown; choose one of {BACKENDS}")
+        if self.rope_scaling is not None and self.rope_scaling not in ROPE_SCALINGS:
+            raise ValueError(f"attention rope_scaling={self.rope_scaling!r} is unknown; choose one of {ROPE_SCALINGS} or None")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"attention dropout={self.dropout} must be in [0, 1)")
+        if not 0.0 < self.rope_fraction <= 1.0:
+            raise ValueError(f"attention rope_fraction={self.rope_fraction} must be in (0, 1]")
+        if self.rope_scaling_factor < 1.0:
+            raise ValueError(f"attention rope_scaling_factor={self.rope_scaling_factor} must be >= 1")
+        for name in ("num_kv_heads", "head_dim", "sliding_window", "kv_lora_rank", "q_lora_rank", "v_head_dim"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"attention {name}={value!r} must be a positive integer or None")
+        if self.rope_head_dim is not None and self.rope_head_dim < 0:
+            raise ValueError(f"attention rope_head_dim={self.rope_head_dim} must be >= 0")
+        if self.num_layers < 1:
+            raise ValueError(f"attention num_layers={self.num_layers} must be >= 1")
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> "AttentionConfig":
+        """Build from keyword options, naming any unknown option and the closest known one."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        for key in options:
+            if key not in known:
+                close = difflib.get_close_matches(key, sorted(known), n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"unknown attention option {key!r}{hint} (known: {', '.join(sorted(known))})")
+        return cls(**options)
+
+    def resolve_heads(self, embed_dim: int, num_heads: int) -> tuple[int, int]:
+        """Return ``(num_kv_heads, head_dim)`` after checking they fit ``embed_dim`` / ``num_heads``."""
+        if not isinstance(embed_dim, int) or embed_dim < 1:
+            raise ValueError(f"embed_dim={embed_dim!r} must be a positive integer")
+        if not isinstance(num_heads, int) or num_heads < 1:
+            raise ValueError(f"num_heads={num_heads!r} must be a positive integer")
+        num_kv_heads = num_heads if self.num_kv_heads is None else self.num_kv_heads
+        if num_heads % num_kv_heads:
+            raise ValueError(
+                f"num_heads={num_heads} is not divisible by num_kv_heads={num_kv_heads}: "
+                f"every key/value head must serve the same number of query heads"
+            )
+        head_dim = self.head_dim
+        if head_dim is None:
+            if embed_dim % num_heads:
+                raise ValueError(
+                    f"embed_dim={embed_dim} is not divisible by num_heads={num_heads}; pass head_dim explicitly"
+                )
+            head_dim = embed_dim // num_heads
+        return num_kv_heads, head_dim
+
+    def output_init_std(self) -> float:
+        return self.init_std / math.sqrt(2 * self.num_layers)
+
+
+def merge_alias(options: dict[str, Any], alias: str, canonical: str, value: Any, default: Any) -> None:
+    """Fold a seed-compatible alias (``num_groups``, ``apply_causal_mask``) into ``options[canonical]``.
+
+    Both given with different values is an error rather than a silent preference.
+    """
+    if value == default:
+        return
+    if options.get(canonical) not in (None, value):
+        raise ValueError(f"{alias}={value!r} conflicts with {canonical}={options[canonical]!r}; pass only one")
+    options[canonical] = value
+
+
+def pin_kv_heads(options: dict, value: int, layer: str) -> None:
+    """Pin ``num_kv_heads``; a caller asking for another count gets an error, not a silent override."""
+    for name in ("num_kv_heads", "num_groups"):
+        given = options.pop(name, None)
+        if given is not None and given != value:
+            raise ValueError(f"{layer} has num_kv_heads={value} by definition; got {name}={given} (use attention type 'gqa')")
+    options["num_kv_heads"] = value

@@ -1,0 +1,93 @@
+"""Grouped-query attention: THE implementation behind MHA, MQA and GQA (Ainslie et al. 2023).
+
+::
+
+    MHA (n_kv = h)            GQA (1 < n_kv < h)          MQA (n_kv = 1)
+    q: |1|2|3|4|5|6|7|8|      q: |1|2|3|4|5|6|7|8|        q: |1|2|3|4|5|6|7|8|
+        | | | | | | | |           \\ /   \\ /  \\ /  \\ /           \\ \\ \\ | / / / /
+    k: |1|2|3|4|5|6|7|8|      k:  | 1 | 2 | 3 | 4 |        k:        | 1 |
+    v: |1|2|3|4|5|6|7|8|      v:  | 1 | 2 | 3 | 4 |        v:        | 1 |
+
+Query head ``i`` uses key/value head ``i // (h / n_kv)``. Queries, keys and values come from one
+fused projection (one matmul for self-attention); for cross-attention the same weight is sliced,
+queries from ``x`` and keys/values from ``memory``. Only the ``n_kv`` key/value heads are ever
+stored or cached; backends broadcast them over their group.
+
+Shape legend: b batch, s query length, m memory length, L keys after the cache, D embed_dim,
+h num_heads, n_kv num_kv_heads, d head_dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .base import AttentionLayer, Rope
+from .config import AttentionConfig, merge_alias
+from .kv_cache import KVCache
+from .positional import apply_rotary
+
+
+class GroupQueryAttention(AttentionLayer):
+    """``GroupQueryAttention(embed_dim, num_heads, num_groups, apply_causal_mask=False, **options)``.
+
+    ``num_groups`` (the original design's name) is the number of key/value heads, also accepted as
+    ``num_kv_heads``; ``apply_causal_mask`` is an alias of ``causal``. Every other keyword is an
+    :class:`~transformer.attention.config.AttentionConfig` field.
+    """
+
+    attention_type = "gqa"
+
+    def __init__(self, embed_dim: int, num_heads: int, num_groups: int | None = None, apply_causal_mask: bool = False, **options) -> None:
+        merge_alias(options, "num_groups", "num_kv_heads", num_groups, None)
+        merge_alias(options, "apply_causal_mask", "causal", apply_causal_mask, False)
+        config = AttentionConfig.from_options(options)
+        for name in ("kv_lora_rank", "q_lora_rank", "rope_head_dim", "v_head_dim"):
+            if getattr(config, name) is not None:
+                raise ValueError(f"attention option {name} is for MLA (attention type 'mla'), not {type(self).__name__}")
+        super().__init__(embed_dim, num_heads, config)
+        h, n_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        self.q_size, self.kv_size = h * d, n_kv * d
+        self.qkv_proj = nn.Linear(embed_dim, self.q_size + 2 * self.kv_size, bias=config.bias)  # [q | k | v]
+        self.out_proj = nn.Linear(h * d, embed_dim, bias=config.bias)
+        self.q_norm = nn.RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = nn.RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
+        self._make_rotary(d, config.rope_fraction)
+        self.reset_parameters()
+
+    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        b, s, _ = x.shape
+        h, n_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
+        if memory is None:
+            q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        else:  # cross-attention: same weights, queries from x, keys/values from memory
+            weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
+            q = F.linear(x, weight[: self.q_size], None if bias is None else bias[: self.q_size])
+            if cache is not None and cache.length > 0:  # memory keys/values were cached on the first step
+                k, v = cache.cached()
+                return self._shape_query(q, b, s), k, v
+            kv = F.linear(memory, weight[self.q_size :], None if bias is None else bias[self.q_size :])
+            k, v = kv.split([self.kv_size, self.kv_size], dim=-1)
+        q = self._shape_query(q, b, s)  # [b, h, s, d]
+        k = k.view(b, -1, n_kv, d).transpose(1, 2)  # [b, n_kv, s|m, d]
+        v = v.view(b, -1, n_kv, d).transpose(1, 2)
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        if cache is not None:
+            k, v = cache.update(k, v)  # [b, n_kv, L, d]
+        return q, k, v
+
+    def _shape_query(self, q: Tensor, b: int, s: int) -> Tensor:
+        q = q.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [b, h, s, d]
+        return q if self.q_norm is None else self.q_norm(q)
+
+    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None) -> KVCache:
+        """Cache of ``n_kv`` key and value heads: ``2 * n_kv * d`` numbers per token."""
+        stream = (self.num_kv_heads, self.head_dim)
+        return KVCache(batch_size, max_seq_len, [stream, stream], dtype=dtype, device=device)
+
+    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+        return 2 * self.num_kv_heads * self.head_dim * torch.empty((), dtype=dtype).element_size()

@@ -1,0 +1,72 @@
+"""A preallocated cache of per-token attention state for incremental decoding.
+
+One class serves every attention type: it holds a tuple of buffers ``[b, n, max_seq_len, w]`` (the
+sequence is always dim -2) and appends along it. Grouped-query attention caches keys and values of
+its ``n_kv`` heads only (never the repeated ones); MLA caches its latent ``[b, 1, S, kv_lora_rank]``
+and its shared RoPE key ``[b, 1, S, rope_head_dim]``. ``length`` is the number of tokens cached so
+far, i.e. the position of the next token, which is what RoPE, ALiBi and sliding windows need.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+
+class KVCache:
+    """Buffers ``[b, n_i, max_seq_len, w_i]`` filled left to right; ``update`` returns the filled part."""
+
+    def __init__(
+        self,
+        batch_size: int,
+        max_seq_len: int,
+        streams: Sequence[tuple[int, int]],
+        *,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        if batch_size < 1 or max_seq_len < 1:
+            raise ValueError(f"KVCache needs batch_size >= 1 and max_seq_len >= 1, got {batch_size}, {max_seq_len}")
+        self.max_seq_len = max_seq_len
+        self.buffers = tuple(torch.zeros(batch_size, n, max_seq_len, w, dtype=dtype, device=device) for n, w in streams)
+        self.length = 0
+
+    @property
+    def batch_size(self) -> int:
+        return self.buffers[0].shape[0]
+
+    def update(self, *new: Tensor) -> tuple[Tensor, ...]:
+        """Append ``new[i]`` ``[b, n_i, s, w_i]``; return views ``[b, n_i, length, w_i]`` of everything cached."""
+        if len(new) != len(self.buffers):
+            raise ValueError(f"KVCache holds {len(self.buffers)} streams, update got {len(new)}")
+        s = new[0].shape[-2]
+        end = self.length + s
+        if end > self.max_seq_len:
+            raise ValueError(
+                f"KVCache is full: {self.length} cached + {s} new tokens exceeds max_seq_len={self.max_seq_len}"
+            )
+        for buffer, tensor in zip(self.buffers, new):
+            if tensor.shape[0] != buffer.shape[0] or tensor.shape[1] != buffer.shape[1] or tensor.shape[3] != buffer.shape[3]:
+                raise ValueError(
+                    f"KVCache stream shape {tuple(buffer.shape)} cannot take a tensor of shape {tuple(tensor.shape)}"
+                )
+            buffer[:, :, self.length : end] = tensor
+        self.length = end
+        return tuple(buffer[:, :, :end] for buffer in self.buffers)
+
+    def cached(self) -> tuple[Tensor, ...]:
+        """Views of everything cached so far, without appending."""
+        return tuple(buffer[:, :, : self.length] for buffer in self.buffers)
+
+    def reset(self) -> None:
+        self.length = 0
+
+    def reorder(self, index: Tensor) -> None:
+        """Keep batch rows ``index`` (e.g. beams or finished sequences removed)."""
+        self.buffers = tuple(buffer.index_select(0, index) for buffer in self.buffers)
+
+    def bytes_per_token(self) -> int:
+        """Bytes one more token costs this cache (all streams, one layer)."""
+        return sum(b.shape[1] * b.shape[3] * b.element_size() for b in self.buffers)

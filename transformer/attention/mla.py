@@ -1,0 +1,120 @@
+"""Multi-head latent attention (DeepSeek-V2, Liu et al. 2024).
+
+Keys and values are reconstructed per head from a small shared latent ``c_kv`` (``kv_lora_rank``
+wide); only that latent and one shared RoPE key (``rope_head_dim`` wide) are cached, so a token
+costs ``(kv_lora_rank + rope_head_dim)`` numbers per layer instead of MHA's ``2 * h * d``. RoPE is
+"decoupled": it rotates a separate ``rope_head_dim`` slice of every query and the shared key, because
+a rotation cannot be absorbed into the latent up-projection.
+
+::
+
+    x ──W_dq──> c_q ──norm──W_uq──> [q_nope | q_rope] ──RoPE(q_rope)
+    x ──W_dkv─> [c_kv | k_rope] ──RoPE(k_rope)          (cache: c_kv after norm, k_rope)
+                 c_kv ──W_ukv──> [k_nope | v] per head;  k = [k_nope | k_rope shared by all heads]
+
+Without ``q_lora_rank`` queries come from one projection. Other positional schemes (``alibi``,
+``relative``, ``none``) work too; then ``rope_head_dim`` is 0 and there is no decoupled key.
+
+Shape legend: b batch, s query length, m source length, L cached length, D embed_dim, h heads,
+d nope head dim (``head_dim``), d_r rope head dim, d_v value head dim, r kv_lora_rank.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .base import AttentionLayer, Rope
+from .config import AttentionConfig
+from .kv_cache import KVCache
+from .positional import apply_rotary
+
+
+class MultiHeadLatentAttention(AttentionLayer):
+    """``MultiHeadLatentAttention(embed_dim, num_heads, apply_causal_mask=False, **options)``.
+
+    MLA options: ``kv_lora_rank`` (default ``4 * head_dim``), ``q_lora_rank`` (default: none),
+    ``rope_head_dim`` (default ``head_dim // 2`` with RoPE, else 0), ``v_head_dim`` (default ``head_dim``).
+    """
+
+    attention_type = "mla"
+
+    def __init__(self, embed_dim: int, num_heads: int, apply_causal_mask: bool = False, **options) -> None:
+        for name in ("num_kv_heads", "num_groups"):
+            if options.get(name) not in (None, num_heads):
+                raise ValueError(
+                    f"MLA reconstructs keys/values for all {num_heads} heads from its latent; "
+                    f"{name}={options[name]} does not apply (size the cache with kv_lora_rank)"
+                )
+            options.pop(name, None)
+        if apply_causal_mask:
+            options.setdefault("causal", True)
+        config = AttentionConfig.from_options(options)
+        if config.qk_norm:
+            raise ValueError("MLA already RMS-normalises its query and key/value latents; qk_norm does not apply")
+        if config.rope_fraction != 1.0:
+            raise ValueError("MLA rotates a decoupled slice of rope_head_dim dims; set rope_head_dim instead of rope_fraction")
+        super().__init__(embed_dim, num_heads, config)
+        d, h = self.head_dim, num_heads
+        self.kv_lora_rank = config.kv_lora_rank or 4 * d
+        self.q_lora_rank = config.q_lora_rank
+        if config.positional == "rope":
+            self.rope_head_dim = d // 2 if config.rope_head_dim is None else config.rope_head_dim
+            if self.rope_head_dim < 2 or self.rope_head_dim % 2:
+                raise ValueError(f"MLA with RoPE needs an even rope_head_dim >= 2, got rope_head_dim={self.rope_head_dim}")
+        else:
+            if config.rope_head_dim:
+                raise ValueError(f"rope_head_dim={config.rope_head_dim} needs positional='rope', got positional={config.positional!r}")
+            self.rope_head_dim = 0
+        self.v_head_dim = config.v_head_dim or d
+        qk_dim = d + self.rope_head_dim
+        if self.q_lora_rank:
+            self.q_down = nn.Linear(embed_dim, self.q_lora_rank, bias=config.bias)
+            self.q_norm = nn.RMSNorm(self.q_lora_rank, eps=config.norm_eps)
+            self.q_up = nn.Linear(self.q_lora_rank, h * qk_dim, bias=False)
+        else:
+            self.q_proj = nn.Linear(embed_dim, h * qk_dim, bias=config.bias)
+        self.kv_down = nn.Linear(embed_dim, self.kv_lora_rank + self.rope_head_dim, bias=config.bias)  # [c_kv | k_rope]
+        self.kv_norm = nn.RMSNorm(self.kv_lora_rank, eps=config.norm_eps)
+        self.kv_up = nn.Linear(self.kv_lora_rank, h * (d + self.v_head_dim), bias=False)  # [k_nope | v] per head
+        self.out_proj = nn.Linear(h * self.v_head_dim, embed_dim, bias=config.bias)
+        self._make_rotary(self.rope_head_dim, 1.0)
+        self.reset_parameters()
+
+    @property
+    def scale(self) -> float:
+        return 1.0 / math.sqrt(self.head_dim + self.rope_head_dim)
+
+    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        b, s, _ = x.shape
+        h, d, d_r, d_v, r = self.num_heads, self.head_dim, self.rope_head_dim, self.v_head_dim, self.kv_lora_rank
+        q = self.q_up(self.q_norm(self.q_down(x))) if self.q_lora_rank else self.q_proj(x)
+        q = q.view(b, s, h, d + d_r).transpose(1, 2)  # [b, h, s, d + d_r]
+        if rope is not None:
+            q = torch.cat((q[..., :d], apply_rotary(q[..., d:], *rope)), dim=-1)
+
+        if memory is not None and cache is not None and cache.length > 0:
+            latent, k_rope = cache.cached()  # cross-attention: the memory's latent was cached on the first step
+        else:
+            source = x if memory is None else memory
+            latent, k_rope = self.kv_down(source).split([r, d_r], dim=-1)  # [b, m, r], [b, m, d_r]
+            latent = self.kv_norm(latent)[:, None]  # [b, 1, m, r]
+            k_rope = k_rope[:, None]  # [b, 1, m, d_r]: one rope key shared by every head
+            if rope is not None:
+                k_rope = apply_rotary(k_rope, *rope)
+            if cache is not None:
+                latent, k_rope = cache.update(latent, k_rope)  # [b, 1, L, r], [b, 1, L, d_r]
+        L = latent.shape[-2]
+        kv = self.kv_up(latent[:, 0]).view(b, L, h, d + d_v).transpose(1, 2)  # [b, h, L, d + d_v]
+        k_nope, v = kv.split([d, d_v], dim=-1)
+        k = torch.cat((k_nope, k_rope.expand(b, h, L, d_r)), dim=-1) if d_r else k_nope  # [b, h, L, d + d_r]
+        return q, k, v
+
+    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None) -> KVCache:
+        """Cache of the normalised latent and the shared rope key: ``r + d_r`` numbers per token."""
+        return KVCache(batch_size, max_seq_len, [(1, self.kv_lora_rank), (1, self.rope_head_dim)], dtype=dtype, device=device)
+
+    def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+        return (self.kv_lora_rank + self.rope_head_dim) * torch.empty((), dtype=dtype).element_size()
