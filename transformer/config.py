@@ -1,0 +1,176 @@
+"""The model config schema: one dataclass from which :func:`build_model` rebuilds any model.
+
+Every field has a default and a docstring; validation happens in ``__post_init__`` and names the
+field. The same dataclass is the ``model:`` section of a training YAML (OmegaConf structured config),
+and is saved inside every checkpoint, so a checkpoint can always rebuild its model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from typing import Any
+
+from .attention import available_attention_types
+from .attention.config import AttentionConfig
+
+MODEL_KINDS = ("lm", "encoder", "encoder_decoder")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "gelu_tanh", "relu", "swiglu")
+ABSOLUTE_POSITIONS = ("none", "learned", "sinusoidal")
+POOLINGS = ("cls", "mean", "last")
+
+
+@dataclass
+class ModelAttentionConfig(AttentionConfig):
+    """The attention section of a model config: the layer type plus every layer option."""
+
+    type: str = "mha"
+    """Attention layer type from the registry: ``mha``, ``mqa``, ``gqa``, ``mla`` or a registered one."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.type not in available_attention_types():
+            raise ValueError(f"model.attention.type={self.type!r} is unknown; known types: {available_attention_types()}")
+
+    def layer_options(self) -> dict[str, Any]:
+        """Keyword options for ``get_attention`` (everything but ``type``; unset MLA options left out)."""
+        options = {f.name: getattr(self, f.name) for f in dataclasses.fields(AttentionConfig)}
+        if self.type != "mla":
+            for name in ("kv_lora_rank", "q_lora_rank", "rope_head_dim", "v_head_dim"):
+                if options[name] is None:
+                    del options[name]
+        if self.type in ("mha", "mqa", "mla") and options["num_kv_heads"] is None:
+            del options["num_kv_heads"]
+        return options
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of a language model, encoder or encoder-decoder."""
+
+    kind: str = "lm"
+    """``lm`` (decoder-only), ``encoder`` (bidirectional, pooled) or ``encoder_decoder`` (seq2seq)."""
+    vocab_size: int = 256
+    """Token vocabulary size (the tokenizer's)."""
+    embed_dim: int = 256
+    """Residual stream width D."""
+    num_heads: int = 4
+    """Query heads per attention layer."""
+    num_layers: int = 4
+    """Blocks in the (encoder or decoder) stack."""
+    num_decoder_layers: int | None = None
+    """Encoder-decoder only: decoder blocks (``None``: same as ``num_layers``)."""
+    max_seq_len: int = 256
+    """Longest sequence the model accepts (learned positions, generation limit)."""
+    norm: str = "layernorm"
+    """``layernorm`` or ``rmsnorm``."""
+    norm_eps: float = 1e-5
+    """Epsilon of every norm in the stack."""
+    norm_position: str = "pre"
+    """``pre`` (GPT-2 / Llama: norm before each sublayer, plus a final norm) or ``post`` (BERT)."""
+    mlp: str = "gelu"
+    """``gelu``, ``gelu_tanh`` (GPT-2), ``relu`` or ``swiglu`` (Llama)."""
+    mlp_hidden: int | None = None
+    """MLP hidden width. ``None``: 4·D, or for ``swiglu`` 8·D/3 rounded up to ``mlp_multiple_of``
+    (the same parameter count as a 4·D GELU MLP)."""
+    mlp_multiple_of: int = 8
+    """Round the default SwiGLU width up to a multiple of this (hardware-friendly shapes)."""
+    bias: bool = False
+    """Biases in MLP and norm layers (GPT-2/BERT: True; Llama: False). Attention bias is ``attention.bias``."""
+    moe_num_experts: int = 0
+    """Mixture of experts: experts per MLP (0 = dense MLP)."""
+    moe_top_k: int = 2
+    """Experts each token is routed to."""
+    moe_aux_loss_weight: float = 0.01
+    """Weight of the load-balancing loss (Switch Transformer) added to the training loss."""
+    dropout: float = 0.0
+    """Dropout on embeddings and on each sublayer's output (residual dropout)."""
+    residual_scale: float = 1.0
+    """Multiplier on each sublayer's output before it joins the residual stream."""
+    position: str = "none"
+    """Absolute positions added to token embeddings: ``none``, ``learned`` or ``sinusoidal``.
+    Relative schemes (RoPE, ALiBi, T5 bias) are ``attention.positional``."""
+    type_vocab_size: int = 0
+    """Token-type (segment) embeddings, as in BERT (0 = none)."""
+    embedding_norm: bool = False
+    """Normalise the summed embeddings (BERT)."""
+    tie_embeddings: bool = True
+    """Share the token embedding with the LM head."""
+    pooling: str = "cls"
+    """Encoder models: ``cls`` (first token), ``mean`` over real tokens, or ``last`` real token."""
+    pooler_dense: bool = False
+    """Encoder models: a dense + tanh layer on the pooled vector (BERT's pooler)."""
+    pad_token_id: int | None = None
+    """Padding id (used to shift labels in encoder-decoders and as generation padding)."""
+    decoder_start_token_id: int | None = None
+    """Encoder-decoder: first decoder input (``None``: ``pad_token_id``, as in T5)."""
+    init_std: float = 0.02
+    """Std of the normal initialisation of weights (output projections scaled by depth)."""
+    gradient_checkpointing: bool = False
+    """Recompute each block's activations in the backward pass (saves memory, costs ~30% time)."""
+    attention: ModelAttentionConfig = field(default_factory=ModelAttentionConfig)
+    """The attention layer: type and options (see ``transformer.attention.config.AttentionConfig``)."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attention, dict):
+            self.attention = ModelAttentionConfig(**self.attention)
+        choices = {"kind": MODEL_KINDS, "norm": NORMS, "mlp": MLPS, "position": ABSOLUTE_POSITIONS,
+                   "pooling": POOLINGS, "norm_position": ("pre", "post")}
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if value not in allowed:
+                close = difflib.get_close_matches(str(value), allowed, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                raise ValueError(f"model.{name}={value!r} is unknown{hint} (choose one of {allowed})")
+        for name in ("vocab_size", "embed_dim", "num_heads", "num_layers", "max_seq_len", "mlp_multiple_of"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"model.{name}={value!r} must be a positive integer")
+        for name in ("num_decoder_layers", "mlp_hidden"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise ValueError(f"model.{name}={value!r} must be a positive integer or null")
+        if self.moe_num_experts < 0 or (self.moe_num_experts and not 1 <= self.moe_top_k <= self.moe_num_experts):
+            raise ValueError(
+                f"model.moe_top_k={self.moe_top_k} must be between 1 and model.moe_num_experts={self.moe_num_experts}"
+            )
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
+            raise ValueError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        try:  # head arithmetic, with the model's key path in the message
+            self.attention.resolve_heads(self.embed_dim, self.num_heads)
+        except ValueError as err:
+            raise ValueError(f"model.attention: {err}") from None
+
+    @property
+    def mlp_hidden_dim(self) -> int:
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        if self.mlp == "swiglu":
+            hidden = (8 * self.embed_dim + 2) // 3
+            return -(-hidden // self.mlp_multiple_of) * self.mlp_multiple_of
+        return 4 * self.embed_dim
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        """Build from a plain dict (e.g. a checkpoint's), naming unknown keys with a suggestion."""
+        data = dict(data)
+        _check_keys(data, cls, "model")
+        attention = dict(data.pop("attention", {}) or {})
+        _check_keys(attention, ModelAttentionConfig, "model.attention")
+        return cls(**data, attention=ModelAttentionConfig(**attention))
+
+
+def _check_keys(data: dict[str, Any], schema: type, path: str) -> None:
+    known = {f.name for f in dataclasses.fields(schema)}
+    for key in data:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known), n=1)
+            hint = f"; did you mean {path}.{close[0]}?" if close else ""
+            raise ValueError(f"unknown config key {path}.{key}{hint}")
