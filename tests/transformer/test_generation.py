@@ -1,0 +1,62 @@
+"""Generation: the KV cache changes nothing under greedy decoding, left padding works, limits are errors."""
+
+import pytest
+import torch
+
+from transformer.generation import generate, sample_next
+from transformer.transformer_model import build_model
+
+from .test_models import tiny
+
+
+@pytest.mark.parametrize("positional", ["rope", "alibi"])
+@pytest.mark.parametrize("attention_type", ["mha", "mqa", "gqa", "mla"])
+def test_cached_greedy_equals_recomputed_greedy_with_left_padding(attention_type, positional):
+    model = build_model(tiny("lm", attention_type, attention={"positional": positional}))
+    prompts = torch.randint(1, 97, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[1, :3] = 0  # left padding: prompt 1 is 4 tokens long
+    mask[2, :5] = 0
+    prompts = prompts.masked_fill(mask == 0, 0)
+    cached = generate(model, prompts, 12, temperature=0, attention_mask=mask)
+    recomputed = generate(model, prompts, 12, temperature=0, attention_mask=mask, use_cache=False)
+    assert cached.shape == (3, 19) and torch.equal(cached, recomputed)
+    alone = generate(model, prompts[1:2, 3:], 12, temperature=0)  # the same prompt without padding
+    assert torch.equal(alone[0, 4:], cached[1, 7:])
+
+
+def test_learned_positions_with_left_padding_match_unpadded():
+    model = build_model(tiny("lm", "gqa", position="learned", attention={"positional": "none"}))
+    prompt = torch.randint(1, 97, (1, 5))
+    padded = torch.cat([torch.zeros(1, 3, dtype=torch.long), prompt], dim=1)
+    mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1]])
+    assert torch.equal(generate(model, padded, 6, temperature=0, attention_mask=mask)[:, 8:],
+                       generate(model, prompt, 6, temperature=0)[:, 5:])
+
+
+def test_seq2seq_generate_with_cached_memory_equals_recomputed():
+    model = build_model(tiny("encoder_decoder", "gqa", attention={"positional": "relative"}))
+    src = torch.randint(1, 97, (2, 9))
+    mask = torch.ones_like(src)
+    mask[0, 6:] = 0
+    a = model.generate(src, 10, temperature=0, attention_mask=mask)
+    b = model.generate(src, 10, temperature=0, attention_mask=mask, use_cache=False)
+    assert a.shape == (2, 11) and torch.equal(a, b)
+
+
+def test_stops_at_eos_and_refuses_to_exceed_max_seq_len():
+    model = build_model(tiny("lm", "mha", max_seq_len=16))
+    prompt = torch.randint(1, 97, (2, 4))
+    first = generate(model, prompt, 1, temperature=0)[:, -1]
+    out = generate(model, prompt, 8, temperature=0, eos_token_id=int(first[0]), pad_token_id=0)
+    assert out[0, 4] == first[0] and (out[0, 5:] == 0).all()
+    with pytest.raises(ValueError, match=r"4 \+ max_new_tokens 13 = 17 exceeds model.max_seq_len=16"):
+        generate(model, prompt, 13)
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(200, 1)
+    g = torch.Generator().manual_seed(0)
+    assert set(sample_next(logits, temperature=1.0, top_k=2, top_p=None, generator=g).tolist()) == {2, 3}
+    assert set(sample_next(logits, temperature=1.0, top_k=None, top_p=0.5, generator=g).tolist()) == {3}
+    assert (sample_next(logits, temperature=0, top_k=None, top_p=None, generator=g) == 3).all()

@@ -1,0 +1,140 @@
+"""Autoregressive generation with the KV cache: :func:`generate` for decoder-only LMs and
+:func:`generate_seq2seq` for encoder-decoders (the encoder runs once; cross-attention keys/values
+of its memory are cached on the first step).
+
+Batched prompts of different lengths are **left-padded** with an ``attention_mask`` (1 = real
+token). ``temperature=0`` is greedy decoding. With greedy decoding the cache changes nothing:
+``use_cache=False`` recomputes the whole sequence each step and yields the same tokens.
+
+Shape legend: b batch, s prompt length, n new tokens, V vocab.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, top_p: float | None, generator: torch.Generator | None) -> Tensor:
+    """``[b, V]`` logits -> ``[b]`` token ids (argmax when ``temperature == 0``)."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[:, -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        cumulative = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cumulative - sorted_logits.softmax(-1) >= top_p  # keep the smallest set reaching top_p
+        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+
+
+def _check(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
+    if temperature < 0:
+        raise ValueError(f"temperature={temperature} must be >= 0 (0 = greedy)")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k={top_k} must be >= 1")
+    if top_p is not None and not 0 < top_p <= 1:
+        raise ValueError(f"top_p={top_p} must be in (0, 1]")
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    use_cache: bool = True,
+    pad_token_id: int | None = None,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Extend ``input_ids`` ``[b, s]`` by up to ``max_new_tokens``; returns ``[b, s + n]``.
+
+    Sequences that produced ``eos_token_id`` are padded (with ``pad_token_id``, else the EOS id)
+    until all are done. Asking for more than ``model.cfg.max_seq_len`` positions in total is an
+    error before any work, never a silent wrap-around.
+    """
+    _check(max_new_tokens, temperature, top_k, top_p)
+    b, s = input_ids.shape
+    total = s + max_new_tokens
+    if total > model.cfg.max_seq_len:
+        raise ValueError(
+            f"prompt length {s} + max_new_tokens {max_new_tokens} = {total} exceeds model.max_seq_len={model.cfg.max_seq_len}"
+        )
+    was_training = model.training
+    model.eval()
+    try:
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
+        caches = model.new_caches(b, total) if use_cache else None
+        tokens, step_input = input_ids, input_ids
+        finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        fill = pad_token_id if pad_token_id is not None else eos_token_id
+        for _ in range(max_new_tokens):
+            if use_cache:
+                logits = model(step_input, attention_mask=mask, caches=caches, num_logits=1).logits[:, -1]
+            else:
+                logits = model(tokens, attention_mask=mask, num_logits=1).logits[:, -1]
+            next_token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            if eos_token_id is not None:
+                next_token = torch.where(finished, torch.full_like(next_token, fill), next_token)
+                finished |= next_token == eos_token_id
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            step_input = next_token[:, None]
+            if eos_token_id is not None and bool(finished.all()):
+                break
+        return tokens
+    finally:
+        model.train(was_training)
+
+
+@torch.no_grad()
+def generate_seq2seq(
+    model: nn.Module,
+    input_ids: Tensor,
+    max_new_tokens: int,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    eos_token_id: int | None = None,
+    *,
+    attention_mask: Tensor | None = None,
+    use_cache: bool = True,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Decode from the encoder's memory of ``input_ids`` ``[b, s]``; returns decoder ids ``[b, 1 + n]``
+    starting with the decoder start token."""
+    _check(max_new_tokens, temperature, top_k, top_p)
+    if max_new_tokens + 1 > model.cfg.max_seq_len:
+        raise ValueError(f"1 + max_new_tokens {max_new_tokens} exceeds model.max_seq_len={model.cfg.max_seq_len}")
+    was_training = model.training
+    model.eval()
+    try:
+        b = input_ids.shape[0]
+        memory = model.encode(input_ids, attention_mask)  # once
+        tokens = torch.full((b, 1), model.decoder_start_token_id, dtype=input_ids.dtype, device=input_ids.device)
+        caches = model.new_caches(b, max_new_tokens + 1, memory_len=memory.shape[1]) if use_cache else None
+        finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
+        for _ in range(max_new_tokens):
+            step = tokens[:, -1:] if use_cache else tokens
+            logits = model(input_ids, attention_mask=attention_mask, decoder_input_ids=step, memory=memory,
+                           caches=caches, num_logits=1).logits[:, -1]
+            next_token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
+            if eos_token_id is not None:
+                next_token = torch.where(finished, torch.full_like(next_token, eos_token_id), next_token)
+                finished |= next_token == eos_token_id
+            tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if eos_token_id is not None and bool(finished.all()):
+                break
+        return tokens
+    finally:
+        model.train(was_training)
