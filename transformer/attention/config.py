@@ -29,6 +29,9 @@ class AttentionConfig:
     """Per-head width. ``None`` means ``embed_dim // num_heads`` (which must then divide exactly)."""
     bias: bool = False
     """Bias on the input and output projections."""
+    qkv_bias: bool | None = None
+    """Bias on the query/key/value projection only (``None``: same as ``bias``). Qwen2 uses
+    ``qkv_bias=True`` with ``bias=False``."""
     dropout: float = 0.0
     """Dropout on the attention weights, applied only in training mode."""
     causal: bool = False

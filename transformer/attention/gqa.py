@@ -49,7 +49,8 @@ class GroupQueryAttention(AttentionLayer):
         super().__init__(embed_dim, num_heads, config)
         h, n_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         self.q_size, self.kv_size = h * d, n_kv * d
-        self.qkv_proj = nn.Linear(embed_dim, self.q_size + 2 * self.kv_size, bias=config.bias)  # [q | k | v]
+        qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
+        self.qkv_proj = nn.Linear(embed_dim, self.q_size + 2 * self.kv_size, bias=qkv_bias)  # [q | k | v]
         self.out_proj = nn.Linear(h * d, embed_dim, bias=config.bias)
         self.q_norm = nn.RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
         self.k_norm = nn.RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
