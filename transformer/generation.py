@@ -42,7 +42,7 @@ def _check(max_new_tokens: int, temperature: float, top_k: int | None, top_p: fl
         raise ValueError(f"top_p={top_p} must be in (0, 1]")
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(
     model: nn.Module,
     input_ids: Tensor,
@@ -73,7 +73,8 @@ def generate(
     was_training = model.training
     model.eval()
     try:
-        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask.to(input_ids.dtype)
+        # Without padding there is nothing to mask beyond causality: pass no mask at all (fast path).
+        mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.to(input_ids.dtype)
         caches = model.new_caches(b, total) if use_cache else None
         tokens, step_input = input_ids, input_ids
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
@@ -88,7 +89,8 @@ def generate(
                 next_token = torch.where(finished, torch.full_like(next_token, fill), next_token)
                 finished |= next_token == eos_token_id
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            if mask is not None:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             step_input = next_token[:, None]
             if eos_token_id is not None and bool(finished.all()):
                 break
@@ -97,7 +99,7 @@ def generate(
         model.train(was_training)
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_seq2seq(
     model: nn.Module,
     input_ids: Tensor,

@@ -134,9 +134,12 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(cfg.dropout)
 
     def _residual(self, x: Tensor, norm: nn.Module, branch) -> Tensor:
-        if self.pre_norm:
-            return x + self.dropout(branch(norm(x))) * self.residual_scale
-        return norm(x + self.dropout(branch(x)) * self.residual_scale)
+        h = branch(norm(x) if self.pre_norm else x)
+        if self.training and self.dropout.p > 0:
+            h = self.dropout(h)
+        if self.residual_scale != 1.0:
+            h = h * self.residual_scale
+        return x + h if self.pre_norm else norm(x + h)
 
     def forward(self, x: Tensor, ctx: StackContext, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
         """``[b, s, D] -> ([b, s, D], MoE aux loss or None)``."""

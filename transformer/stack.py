@@ -58,14 +58,13 @@ class TransformerStack(nn.Module):
         mask = AttentionMask.build(
             s, past + s, causal=self.causal, window=self.window, padding_mask=attention_mask, device=x.device
         )
-        ctx = StackContext(mask=None if mask.is_empty else mask)
+        ctx = StackContext(mask=mask)  # even when empty: layers then skip building their own
         if self.rotary is not None:
             ctx.rope = self.rotary.for_range(past, s, x.device)
         if memory is not None:
             ctx.memory = memory
             if memory_mask is not None:
-                built = AttentionMask.build(s, memory.shape[1], padding_mask=memory_mask)
-                ctx.memory_mask = None if built.is_empty else built
+                ctx.memory_mask = AttentionMask.build(s, memory.shape[1], padding_mask=memory_mask)
         aux_total = None
         for i, block in enumerate(self.blocks):
             cache = caches[i] if caches else None

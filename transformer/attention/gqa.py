@@ -58,27 +58,39 @@ class GroupQueryAttention(AttentionLayer):
         self.reset_parameters()
 
     def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        if memory is not None:
+            return self._project_cross(x, memory, cache)
         b, s, _ = x.shape
         h, n_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
-        if memory is None:
-            q, k, v = self.qkv_proj(x).split([self.q_size, self.kv_size, self.kv_size], dim=-1)
-        else:  # cross-attention: same weights, queries from x, keys/values from memory
-            weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
-            q = F.linear(x, weight[: self.q_size], None if bias is None else bias[: self.q_size])
-            if cache is not None and cache.length > 0:  # memory keys/values were cached on the first step
-                k, v = cache.cached()
-                return self._shape_query(q, b, s), k, v
-            kv = F.linear(memory, weight[self.q_size :], None if bias is None else bias[self.q_size :])
-            k, v = kv.split([self.kv_size, self.kv_size], dim=-1)
-        q = self._shape_query(q, b, s)  # [b, h, s, d]
-        k = k.view(b, -1, n_kv, d).transpose(1, 2)  # [b, n_kv, s|m, d]
-        v = v.view(b, -1, n_kv, d).transpose(1, 2)
-        if self.k_norm is not None:
-            k = self.k_norm(k)
-        if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        qkv = self.qkv_proj(x).view(b, s, h + 2 * n_kv, d)  # heads [q... | k... | v...]
+        qk = qkv[:, :, : h + n_kv]  # [b, s, h + n_kv, d]
+        if self.q_norm is not None:
+            qk = torch.cat((self.q_norm(qk[:, :, :h]), self.k_norm(qk[:, :, h:])), dim=2)
+        if rope is not None:  # one rotation for queries and keys together, in [b, s, heads, d] layout
+            cos, sin = (t[:, None] if t.dim() == 2 else t.transpose(1, 2) for t in rope)  # [s, 1, r] | [b, s, 1, r]
+            qk = apply_rotary(qk, cos, sin)
+        q = qk[:, :, :h].transpose(1, 2)  # [b, h, s, d]
+        k = qk[:, :, h:].transpose(1, 2)  # [b, n_kv, s, d]
+        v = qkv[:, :, h + n_kv :].transpose(1, 2)  # [b, n_kv, s, d]
         if cache is not None:
             k, v = cache.update(k, v)  # [b, n_kv, L, d]
+        return q, k, v
+
+    def _project_cross(self, x: Tensor, memory: Tensor, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+        """Queries from ``x``, keys/values from ``memory`` through slices of the same fused weight."""
+        b, s, _ = x.shape
+        n_kv, d = self.num_kv_heads, self.head_dim
+        weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
+        q = self._shape_query(F.linear(x, weight[: self.q_size], None if bias is None else bias[: self.q_size]), b, s)
+        if cache is not None and cache.length > 0:  # memory keys/values were cached on the first step
+            k, v = cache.cached()
+            return q, k, v
+        kv = F.linear(memory, weight[self.q_size :], None if bias is None else bias[self.q_size :])
+        k, v = kv.view(b, -1, 2 * n_kv, d).transpose(1, 2).split([n_kv, n_kv], dim=1)  # [b, n_kv, m, d] each
+        if self.k_norm is not None:
+            k = self.k_norm(k)
+        if cache is not None:
+            k, v = cache.update(k, v)
         return q, k, v
 
     def _shape_query(self, q: Tensor, b: int, s: int) -> Tensor:

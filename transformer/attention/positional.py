@@ -83,9 +83,10 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     Computed in fp32 and cast back, so bf16 activations do not lose the rotation's precision.
     """
     rot = cos.shape[-1]
-    x_rot, x_pass = x[..., :rot], x[..., rot:]
-    rotated = (x_rot.float() * cos + _rotate_half(x_rot.float()) * sin).to(x.dtype)
-    return rotated if x_pass.shape[-1] == 0 else torch.cat((rotated, x_pass), dim=-1)
+    x_rot = x if rot == x.shape[-1] else x[..., :rot]
+    x32 = x_rot.float()  # no-op for fp32 inputs
+    rotated = (x32 * cos + _rotate_half(x32) * sin).to(x.dtype)
+    return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
 
 
 # --------------------------------------------------------------------------------------- ALiBi
