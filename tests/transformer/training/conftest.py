@@ -1,0 +1,24 @@
+import pytest
+
+PATTERN = "the quick brown fox jumps over the lazy dog. " * 3 + "\n"
+
+
+@pytest.fixture
+def toy_corpus(tmp_path):
+    """A small learnable text file (a repeated sentence): loss must fall fast on it."""
+    path = tmp_path / "toy.txt"
+    path.write_text(PATTERN * 120)
+    return path
+
+
+def tiny_overrides(corpus, out_dir, **extra):
+    """Overrides for a run that takes a few seconds on a CPU."""
+    values = {
+        "out_dir": str(out_dir), "data.source": "files", "data.path": str(corpus), "data.max_chars": "null",
+        "data.batch_size": 8, "model.embed_dim": 32, "model.num_heads": 4, "model.num_layers": 2, "model.max_seq_len": 32,
+        "data.block_size": 32, "trainer.max_steps": 40, "trainer.val_check_interval": 20, "trainer.limit_val_batches": 4,
+        "trainer.log_every_n_steps": 5, "trainer.progress_bar": "false", "optim.warmup_steps": 5, "optim.lr": 3e-3,
+        "sample.max_new_tokens": 20,
+    }
+    values.update(extra)
+    return [f"{k}={v}" for k, v in values.items()]

@@ -1,0 +1,71 @@
+"""Config loading: every shipped config validates; overrides, interpolation and errors with key paths."""
+
+from pathlib import Path
+
+import pytest
+
+from transformer.cli import main
+from transformer.training.config import ConfigError, RunConfig, flat_dict, load_config
+
+CONFIGS = sorted(Path(__file__).resolve().parents[3].joinpath("configs").rglob("*.yaml"))
+
+
+def test_configs_exist():
+    names = {p.name for p in CONFIGS}
+    assert {"default.yaml", "shakespeare_char.yaml", "shakespeare_bpe.yaml", "hf_dataset.yaml", "gqa.yaml", "mla.yaml",
+            "multi_gpu_bf16_ddp.yaml", "multi_gpu_bf16_fsdp.yaml"} <= names
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_validates_and_names_its_command(path):
+    cfg = load_config(path) if "sweeps" not in path.parts else None
+    if cfg is not None:
+        assert isinstance(cfg, RunConfig)
+        assert cfg.data.block_size <= cfg.model.max_seq_len
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# python "), f"{path} must open with the command that runs it"
+
+
+def test_default_config_file_equals_embedded_default():
+    assert load_config(Path(CONFIGS[0]).parent / "default.yaml") == load_config(None)
+
+
+def test_overrides_and_interpolation():
+    cfg = load_config(CONFIGS[0].parent / "lm" / "shakespeare_char.yaml",
+                      ["model.max_seq_len=96", "model.attention.type=gqa", "model.attention.num_kv_heads=2", "trainer.max_steps=7"])
+    assert (cfg.model.attention.type, cfg.model.attention.num_kv_heads, cfg.trainer.max_steps) == ("gqa", 2, 7)
+    assert cfg.data.block_size == 96  # ${model.max_seq_len}
+    flat = flat_dict(cfg)
+    assert flat["model.attention.type"] == "gqa" and flat["model.attention.num_kv_heads"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["model.attention.num_kv_head=2"], r"model\.attention\.num_kv_head.*Did you mean.*num_kv_heads"),
+        (["trainer.max_step=3"], r"trainer\.max_step.*Did you mean.*max_steps"),
+        (["trainer.max_steps=abc"], r"config key trainer\.max_steps: Value 'abc'"),
+        (["model.attention.type=gqa", "model.attention.num_kv_heads=3"], r"num_heads=4 is not divisible by num_kv_heads=3"),
+        (["data.source=files"], r"data\.path is required"),
+        (["trainer.precision=bf16"], r"trainer\.precision='bf16'.*did you mean 'bf16-true'"),
+        (["data.block_size=4096"], r"data\.block_size=4096 exceeds model\.max_seq_len=128"),
+        (["trainer.max_steps"], r"key\.sub=value"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_missing_config_file():
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config("configs/nope.yaml")
+
+
+def test_cli_print_config_and_errors(capsys):
+    assert main(["--print-config", "trainer.max_steps=3", "model.attention.type=mqa"]) == 0
+    out = capsys.readouterr().out
+    assert "max_steps: 3" in out and "type: mqa" in out
+    assert main(["model.embed_dims=3"]) == 2
+    err = capsys.readouterr().err
+    assert "model.embed_dims" in err and "embed_dim" in err

@@ -1,0 +1,105 @@
+"""The data pipeline: tokenizers, splits, the memmap token store, samplers, and clear errors."""
+
+import numpy as np
+import pytest
+import torch
+
+from transformer.data import BPETokenizer, CharTokenizer, LMDataModule, load_tokenizer, prepare_corpus
+from transformer.data.datamodule import RandomWindowSampler, ShardSampler
+from transformer.training.config import DataConfig
+
+
+def files_cfg(path, **kw):
+    base = dict(source="files", path=str(path), max_chars=None, block_size=16, batch_size=4)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def test_char_and_bpe_tokenizers_round_trip(tmp_path):
+    text = "Hello, world!\nSecond line."
+    char = CharTokenizer.train([text])
+    assert char.decode(char.encode(text)) == text and char.vocab_size == len(set(text)) + 1
+    char.save(tmp_path / "c.json")
+    assert load_tokenizer(tmp_path / "c.json").encode(text) == char.encode(text)
+    bpe = BPETokenizer.train(iter([text * 50]), vocab_size=300)
+    assert bpe.decode(bpe.encode("Hello, unseen wörld")) == "Hello, unseen wörld"  # byte-level: nothing is OOV
+    bpe.save(tmp_path / "b.json")
+    assert load_tokenizer(tmp_path / "b.json").encode(text) == bpe.encode(text)
+
+
+def test_position_split_is_the_tail_and_store_is_uint16(tmp_path):
+    text = "".join(chr(ord("a") + i % 26) for i in range(5000))
+    (tmp_path / "t.txt").write_text(text)
+    corpus = prepare_corpus(files_cfg(tmp_path / "t.txt"), seed=0, cache_root=tmp_path / "cache")
+    tok = corpus.tokenizer()
+    assert corpus.dtype == "uint16" and corpus.tokens("train").dtype == np.uint16
+    val = tok.decode(corpus.tokens("val").tolist())
+    assert val == text[4500:]  # the last 10% by position (EOS decodes to nothing)
+    assert tok.decode(corpus.tokens("train").tolist()) == text[:4500]
+    assert corpus.train_tokens == 4501 and corpus.val_tokens == 501  # + one EOS each
+
+
+def test_document_split_and_cache_reuse(tmp_path):
+    (tmp_path / "docs").mkdir()
+    for i in range(10):
+        (tmp_path / "docs" / f"doc{i}.txt").write_text(f"document number {i} " * 20)
+    cfg = files_cfg(tmp_path / "docs", split_by="document", val_fraction=0.2)
+    first = prepare_corpus(cfg, seed=3, cache_root=tmp_path / "cache")
+    stamp = (first.directory / "train.bin").stat().st_mtime_ns
+    again = prepare_corpus(cfg, seed=3, cache_root=tmp_path / "cache")
+    assert again.directory == first.directory and (again.directory / "train.bin").stat().st_mtime_ns == stamp
+    assert first.val_tokens < first.train_tokens
+    other_seed = prepare_corpus(cfg, seed=4, cache_root=tmp_path / "cache")
+    assert other_seed.directory != first.directory
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="missing.txt' does not exist"):
+        prepare_corpus(files_cfg(tmp_path / "missing.txt"), seed=0, cache_root=tmp_path)
+    (tmp_path / "empty.txt").write_text("")
+    with pytest.raises(ValueError, match="empty.txt' is empty"):
+        prepare_corpus(files_cfg(tmp_path / "empty.txt"), seed=0, cache_root=tmp_path)
+    (tmp_path / "short.txt").write_text("just a few characters here")
+    with pytest.raises(ValueError, match=r"fewer than data.block_size \+ 1 = 17"):
+        prepare_corpus(files_cfg(tmp_path / "short.txt"), seed=0, cache_root=tmp_path)
+    (tmp_path / "t.csv").write_text("body\nsome text\nmore text\n")
+    with pytest.raises(ValueError, match="data.text_column='text' is not a column.*body"):
+        prepare_corpus(files_cfg(tmp_path / "t.csv"), seed=0, cache_root=tmp_path)
+
+
+def test_json_csv_parquet_sources(tmp_path):
+    import pandas as pd
+
+    rows = pd.DataFrame({"text": [f"row {i} " * 30 for i in range(6)]})
+    rows.to_json(tmp_path / "d.jsonl", orient="records", lines=True)
+    rows.to_csv(tmp_path / "d.csv", index=False)
+    rows.to_parquet(tmp_path / "d.parquet")
+    counts = {prepare_corpus(files_cfg(tmp_path / f"d.{ext}"), seed=0, cache_root=tmp_path / "c").train_tokens
+              for ext in ("jsonl", "csv", "parquet")}
+    assert len(counts) == 1
+
+
+def test_samplers_shard_without_duplicates():
+    one = list(RandomWindowSampler(1000, 64, 8, seed=1))
+    ranks = [list(RandomWindowSampler(1000, 64, 4, seed=1, rank=r, world_size=2)) for r in range(2)]
+    for step in range(len(one) // 8):  # global batch k of 2 ranks x 4 == batch k of 1 rank x 8
+        assert one[step * 8 : step * 8 + 8] == ranks[0][step * 4 : step * 4 + 4] + ranks[1][step * 4 : step * 4 + 4]
+    shards = [list(ShardSampler(11, rank=r, world_size=3)) for r in range(3)]
+    assert sorted(sum(shards, [])) == list(range(11))
+
+
+def test_datamodule_batches(tmp_path, toy_corpus):
+    dm = LMDataModule(files_cfg(toy_corpus), seed=0, cache_root=tmp_path / "cache", max_val_batches=2)
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (4, 16) and x.dtype == torch.int64 and torch.equal(x[:, 1:], y[:, :-1])
+    assert sum(1 for _ in dm.val_dataloader()) == 2
+
+
+def test_directory_with_mixed_formats_asks_for_data_format(tmp_path):
+    (tmp_path / "a.txt").write_text("text " * 50)
+    (tmp_path / "b.json").write_text('{"text": "json"}')
+    with pytest.raises(ValueError, match="holds json and text files; set data.format"):
+        prepare_corpus(files_cfg(tmp_path), seed=0, cache_root=tmp_path / ".cache")
+    corpus = prepare_corpus(files_cfg(tmp_path, format="text"), seed=0, cache_root=tmp_path / ".cache")
+    assert corpus.train_tokens > 0

@@ -1,0 +1,140 @@
+"""``train.py`` / ``transformer-train``: parse config + overrides, build data + model + trainer, fit.
+
+    python train.py                                            # the embedded default (no data, no network)
+    python train.py --config configs/lm/shakespeare_char.yaml  # a config file
+    python train.py --config X.yaml trainer.max_steps=500 model.attention.type=gqa model.attention.num_kv_heads=2
+    python train.py --config X.yaml --print-config             # the resolved config, then exit
+
+The run directory ``<out_dir>/<name>-<timestamp>`` receives ``config.yaml`` (fully resolved),
+``tokenizer.json``, ``checkpoints/`` (``last.ckpt`` and the best by validation loss, each holding the
+config and tokenizer too) and the loggers' files (``csv/metrics.csv``, ``tensorboard/``, ``wandb/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from .training.config import ConfigError, RunConfig, flat_dict, load_config, to_container, to_yaml
+
+RUN_DIR_ENV = "TT_RUN_DIR"
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    val_loss: float
+    steps: int
+    wall_time: float
+    sample: str | None
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", "-c", help="YAML config (default: the embedded default run)")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("overrides", nargs="*", help="key.sub=value overrides applied after the YAML")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.print_config:
+        print(to_yaml(cfg), end="")
+        return 0
+    try:
+        result = run(cfg)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        if os.environ.get("TT_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    if result is not None:
+        print(f"\nrun directory: {result.run_dir}\nfinal validation loss: {result.val_loss:.4f} "
+              f"after {result.steps} steps in {result.wall_time:.1f} s")
+    return 0
+
+
+def resolve_run_dir(cfg: RunConfig) -> tuple[Path, bool]:
+    """-> (run directory, whether this process shares it with launcher-started peers).
+
+    Processes of one distributed run must agree on the directory: Lightning's DDP launcher passes it
+    to its children in ``TT_RUN_DIR``; torchrun / SLURM launches derive it from the job id.
+    """
+    if os.environ.get(RUN_DIR_ENV):
+        return Path(os.environ[RUN_DIR_ENV]), True
+    for env, tag in (("TORCHELASTIC_RUN_ID", "job"), ("SLURM_JOB_ID", "slurm")):
+        if os.environ.get(env) and os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) != "1":
+            return Path(cfg.out_dir) / f"{cfg.name}-{tag}{os.environ[env]}", True
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    base = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
+    candidate, n = base, 1
+    while candidate.exists():  # never reuse (and so never overwrite) an existing run directory
+        n += 1
+        candidate = base.with_name(f"{base.name}-{n}")
+    return candidate, False
+
+
+def run(cfg: RunConfig) -> RunResult | None:
+    """Train one run end to end; returns its final figures (on rank 0; None on other ranks)."""
+    import lightning as L
+
+    from .data import LMDataModule
+    from .training.lm_module import LanguageModelModule
+    from .training.trainer import build_trainer
+
+    started = time.perf_counter()
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    run_dir, shared = resolve_run_dir(cfg)
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    run_dir.mkdir(parents=True, exist_ok=shared)
+    set_env = RUN_DIR_ENV not in os.environ
+    if set_env:
+        os.environ[RUN_DIR_ENV] = str(run_dir)  # for processes that Lightning's launcher starts
+    try:
+        datamodule = LMDataModule(cfg.data, seed=cfg.seed, cache_root=Path(cfg.out_dir) / ".cache",
+                                  max_val_batches=cfg.trainer.limit_val_batches)
+        corpus = datamodule.prepare()
+        if cfg.model.vocab_size != corpus.vocab_size:
+            if rank == 0:
+                print(f"model.vocab_size set to {corpus.vocab_size} from the tokenizer (config said {cfg.model.vocab_size})")
+            cfg.model.vocab_size = corpus.vocab_size
+        tokenizer = corpus.tokenizer()
+        config_dict = to_container(cfg)
+        if rank == 0:
+            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            (run_dir / "tokenizer.json").write_text(corpus.tokenizer_path.read_text())
+        module = LanguageModelModule(cfg.model, cfg.optim, max_steps=cfg.trainer.max_steps, compile=cfg.trainer.compile,
+                                     peak_flops=cfg.trainer.peak_flops)
+        module.checkpoint_extras = {"run_config": config_dict, "tokenizer": corpus.tokenizer_path.read_text()}
+        trainer = build_trainer(cfg, run_dir, tokenizer)
+        model = module.model
+        hparams = flat_dict(config_dict)
+        hparams.update({"model.parameters": model.num_parameters(),
+                        "model.kv_cache_bytes_per_token": model.kv_cache_bytes_per_token(),
+                        "data.train_tokens": corpus.train_tokens, "data.val_tokens": corpus.val_tokens})
+        for logger in trainer.loggers:
+            logger.log_hyperparams(hparams)
+        if rank == 0:
+            print(f"run directory: {run_dir}\nmodel: {model.num_parameters():,} parameters, attention "
+                  f"{cfg.model.attention.type}; data: {corpus.train_tokens:,} train / {corpus.val_tokens:,} val tokens")
+        trainer.fit(module, datamodule=datamodule)
+        if trainer.global_step % cfg.trainer.val_check_interval:
+            trainer.validate(module, datamodule=datamodule, verbose=False)  # the final figure is always fresh
+        val_loss = float(trainer.callback_metrics["val/loss"])
+        if not trainer.is_global_zero:
+            return None
+        sample = next((c.last_sample for c in trainer.callbacks if hasattr(c, "last_sample")), None)
+        return RunResult(run_dir, val_loss, trainer.global_step, time.perf_counter() - started, sample)
+    finally:
+        if set_env:
+            os.environ.pop(RUN_DIR_ENV, None)

@@ -1,0 +1,106 @@
+"""Raw documents from the configured source, as a Hugging Face ``datasets.Dataset`` with a ``text`` column.
+
+Sources: the running Python's standard-library source (present wherever the toolkit installs, so the
+default run needs no download), local text / JSON / CSV / Parquet files, or a hub dataset by name.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import sysconfig
+from pathlib import Path
+
+from ..training.config import DataConfig
+
+_EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
+               ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+
+
+def python_stdlib_files() -> list[Path]:
+    """The standard library's ``.py`` files, sorted, without tests (deterministic for a given Python)."""
+    root = Path(sysconfig.get_paths()["stdlib"])
+    files = [p for p in sorted(root.rglob("*.py"))
+             if not {"test", "tests", "idle_test", "site-packages", "__pycache__"} & set(p.relative_to(root).parts)]
+    if not files:
+        raise FileNotFoundError(f"no Python source files under the standard library at {root}")
+    return files
+
+
+def _resolve_files(spec: str, fmt: str | None = None) -> list[str]:
+    """Files named by ``data.path`` (files, directories, globs; comma-separated). Directories contribute the
+    files of one format only (``fmt``, or the single format found there), skipping hidden paths."""
+    files: list[str] = []
+    for part in (p.strip() for p in spec.split(",") if p.strip()):
+        if os.path.isdir(part):
+            found = [p for p in sorted(Path(part).rglob("*")) if p.is_file() and p.suffix.lower() in _EXTENSIONS
+                     and not any(x.startswith(".") for x in p.relative_to(part).parts)]
+            formats = sorted({_EXTENSIONS[p.suffix.lower()] for p in found})
+            if fmt is None and len(formats) > 1:
+                raise ValueError(f"data.path directory {part!r} holds {' and '.join(formats)} files; set data.format to pick one")
+            files += [str(p) for p in found if fmt is None or _EXTENSIONS[p.suffix.lower()] == fmt]
+        elif any(ch in part for ch in "*?["):
+            files += sorted(glob.glob(part, recursive=True))
+        elif os.path.isfile(part):
+            files.append(part)
+        else:
+            raise FileNotFoundError(f"data.path: {part!r} does not exist")
+    if not files:
+        raise FileNotFoundError(f"data.path={spec!r} matches no files")
+    return files
+
+
+def load_documents(cfg: DataConfig):
+    """-> ``datasets.Dataset`` with one document per row in column ``text``, capped by max_documents / max_chars."""
+    import datasets
+
+    if cfg.source == "python_stdlib":
+        texts, total = [], 0
+        for path in python_stdlib_files():
+            text = path.read_text(encoding="utf-8", errors="replace")
+            if not text.strip():
+                continue
+            texts.append(text)
+            total += len(text)
+            if (cfg.max_documents and len(texts) >= cfg.max_documents) or (cfg.max_chars and total >= cfg.max_chars):
+                break
+        ds = datasets.Dataset.from_dict({"text": texts})
+    elif cfg.source == "files":
+        files = _resolve_files(cfg.path, cfg.format)
+        fmt = cfg.format or _EXTENSIONS.get(Path(files[0]).suffix.lower())
+        if fmt is None:
+            raise ValueError(f"data.format is not set and {files[0]!r} has no known extension; set data.format to one of "
+                             f"text, json, csv, parquet")
+        for f in files:
+            if os.path.getsize(f) == 0:
+                raise ValueError(f"data file {f!r} is empty")
+        kwargs = {"sample_by": "document"} if fmt == "text" else {}
+        ds = datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
+    else:
+        try:
+            ds = datasets.load_dataset(cfg.name, cfg.subset, split=cfg.split)
+        except Exception as err:  # offline / unknown name: say what to do instead
+            raise RuntimeError(
+                f"could not load hub dataset data.name={cfg.name!r} (subset={cfg.subset!r}, split={cfg.split!r}): "
+                f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Without network access, "
+                f"download it elsewhere and use data.source=files with data.path."
+            ) from None
+    if cfg.text_column not in ds.column_names:
+        raise ValueError(f"data.text_column={cfg.text_column!r} is not a column of the data (columns: {ds.column_names})")
+    if cfg.text_column != "text":
+        ds = ds.rename_column(cfg.text_column, "text")
+    ds = ds.select_columns(["text"]).filter(lambda batch: [bool(t and t.strip()) for t in batch], batched=True,
+                                            input_columns="text")
+    if cfg.max_documents:
+        ds = ds.select(range(min(cfg.max_documents, len(ds))))
+    if cfg.max_chars and cfg.source != "python_stdlib":
+        lengths, total, keep = ds.map(lambda b: {"n": [len(t) for t in b]}, batched=True, input_columns="text")["n"], 0, 0
+        for n in lengths:
+            keep += 1
+            total += n
+            if total >= cfg.max_chars:
+                break
+        ds = ds.select(range(keep))
+    if len(ds) == 0:
+        raise ValueError("the configured data holds no non-empty documents")
+    return ds

@@ -1,0 +1,55 @@
+"""Callbacks: periodic text samples during training, and a final sample at the end."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+from lightning.pytorch.utilities import rank_zero_only
+
+from ..generation import generate
+from .config import SampleConfig
+
+
+class TextSampleCallback(L.Callback):
+    """Generate from ``prompt`` every ``every_n_steps`` (0: only at the end of training) on rank 0,
+    print it and log it as text where the logger can (W&B, TensorBoard)."""
+
+    def __init__(self, cfg: SampleConfig, tokenizer) -> None:
+        self.cfg, self.tokenizer = cfg, tokenizer
+        self.last_sample: str | None = None
+
+    @rank_zero_only
+    def sample(self, pl_module: L.LightningModule) -> str:
+        model = pl_module.model
+        model = getattr(model, "_orig_mod", model)  # generate eagerly even when training compiled
+        prompt_ids = self.tokenizer.encode(self.cfg.prompt) or [self.tokenizer.eos_id]
+        room = model.cfg.max_seq_len - len(prompt_ids)
+        if room < 1:
+            raise ValueError(f"sample.prompt is {len(prompt_ids)} tokens, no room under model.max_seq_len={model.cfg.max_seq_len}")
+        ids = torch.tensor([prompt_ids], device=pl_module.device)
+        g = torch.Generator(device=pl_module.device).manual_seed(0)
+        out = generate(model, ids, min(self.cfg.max_new_tokens, room), temperature=self.cfg.temperature,
+                       top_k=self.cfg.top_k, generator=g)
+        text = self.tokenizer.decode(out[0].tolist())
+        self.last_sample = text
+        return text
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        every = self.cfg.every_n_steps
+        if every and trainer.global_step % every == 0 and (batch_idx + 1) % trainer.accumulate_grad_batches == 0:
+            self._emit(trainer, pl_module, f"sample at step {trainer.global_step}")
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._emit(trainer, pl_module, f"sample after {trainer.global_step} steps")
+
+    def _emit(self, trainer, pl_module, title: str) -> None:
+        text = self.sample(pl_module)
+        if text is None:  # not rank 0
+            return
+        print(f"\n----- {title} -----\n{text}\n" + "-" * (12 + len(title)))
+        for logger in trainer.loggers:
+            experiment = getattr(logger, "experiment", None)
+            if hasattr(experiment, "add_text"):
+                experiment.add_text("sample", text, trainer.global_step)
+            elif type(logger).__name__ == "WandbLogger":
+                logger.log_text("samples", columns=["step", "text"], data=[[trainer.global_step, text]])
