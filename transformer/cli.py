@@ -51,8 +51,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(to_yaml(cfg), end="")
         return 0
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
     try:
         result = run(cfg)
+    except SIGTERMException:  # the checkpoint was saved by SaveOnInterrupt; 143 = terminated, not finished
+        print("stopped by SIGTERM before max_steps; resume with resume_from=auto", file=sys.stderr)
+        return 143
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         if os.environ.get("TT_DEBUG"):
             raise
@@ -64,7 +69,24 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def resolve_run_dir(cfg: RunConfig) -> tuple[Path, bool]:
+def resolve_resume(cfg: RunConfig) -> Path | None:
+    """The checkpoint ``resume_from`` points at (``auto``: the newest run of this name), validated."""
+    from .training.checkpoint_io import find_latest_run, read_checkpoint
+
+    if not cfg.resume_from:
+        return None
+    if cfg.resume_from == "auto":
+        run_dir = find_latest_run(cfg.out_dir, cfg.name)
+        if run_dir is None:
+            raise FileNotFoundError(f"resume_from=auto: no run named {cfg.name!r} with checkpoints/last.ckpt under {cfg.out_dir}")
+        path = run_dir / "checkpoints" / "last.ckpt"
+    else:
+        path = Path(cfg.resume_from)
+    read_checkpoint(path)  # one-line error for missing / corrupt / foreign files, before any work
+    return path
+
+
+def resolve_run_dir(cfg: RunConfig, resume: Path | None = None) -> tuple[Path, bool]:
     """-> (run directory, whether this process shares it with launcher-started peers).
 
     Processes of one distributed run must agree on the directory: Lightning's DDP launcher passes it
@@ -72,9 +94,12 @@ def resolve_run_dir(cfg: RunConfig) -> tuple[Path, bool]:
     """
     if os.environ.get(RUN_DIR_ENV):
         return Path(os.environ[RUN_DIR_ENV]), True
-    for env, tag in (("TORCHELASTIC_RUN_ID", "job"), ("SLURM_JOB_ID", "slurm")):
-        if os.environ.get(env) and os.environ.get("WORLD_SIZE", os.environ.get("SLURM_NTASKS", "1")) != "1":
-            return Path(cfg.out_dir) / f"{cfg.name}-{tag}{os.environ[env]}", True
+    if resume is not None and resume.parent.name == "checkpoints":
+        return resume.parent.parent, True  # a resumed run continues in its own directory and logs
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("WORLD_SIZE", "1") != "1":
+        return Path(cfg.out_dir) / f"{cfg.name}-job{os.environ['TORCHELASTIC_RUN_ID']}", True
+    if os.environ.get("SLURM_JOB_ID"):  # shared by all tasks, and kept when SLURM requeues the job
+        return Path(cfg.out_dir) / f"{cfg.name}-slurm{os.environ['SLURM_JOB_ID']}", True
     stamp = time.strftime("%Y%m%d-%H%M%S")
     base = Path(cfg.out_dir) / f"{cfg.name}-{stamp}"
     candidate, n = base, 1
@@ -92,9 +117,13 @@ def run(cfg: RunConfig) -> RunResult | None:
     from .training.lm_module import LanguageModelModule
     from .training.trainer import build_trainer
 
+    from .training.checkpoint_io import model_config_differences, read_checkpoint
+    from .training.weights import load_weights
+
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    run_dir, shared = resolve_run_dir(cfg)
+    resume = resolve_resume(cfg)
+    run_dir, shared = resolve_run_dir(cfg, resume)
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     run_dir.mkdir(parents=True, exist_ok=shared)
     set_env = RUN_DIR_ENV not in os.environ
@@ -110,11 +139,23 @@ def run(cfg: RunConfig) -> RunResult | None:
             cfg.model.vocab_size = corpus.vocab_size
         tokenizer = corpus.tokenizer()
         config_dict = to_container(cfg)
+        if resume is not None:
+            saved = read_checkpoint(resume).get("run_config", {})
+            diffs = model_config_differences(saved.get("model", {}), config_dict["model"])
+            if diffs:
+                raise ValueError(f"cannot resume from {resume}: the model differs from the checkpoint's — {'; '.join(diffs)}")
+            if rank == 0 and (saved.get("data") != config_dict["data"] or saved.get("seed") != cfg.seed):
+                print("warning: data or seed settings differ from the checkpoint's run; the data order will not continue exactly")
         if rank == 0:
-            (run_dir / "config.yaml").write_text(to_yaml(cfg))
+            name = "config.yaml" if not (run_dir / "config.yaml").exists() else f"config.resumed-{time.strftime('%Y%m%d-%H%M%S')}.yaml"
+            (run_dir / name).write_text(to_yaml(cfg))  # never overwrite the original run's config
             (run_dir / "tokenizer.json").write_text(corpus.tokenizer_path.read_text())
         module = LanguageModelModule(cfg.model, cfg.optim, max_steps=cfg.trainer.max_steps, compile=cfg.trainer.compile,
                                      peak_flops=cfg.trainer.peak_flops)
+        if cfg.init_from:
+            report = load_weights(module.model, cfg.init_from, strict=cfg.init_strict, freeze=cfg.init_freeze)
+            if rank == 0:
+                print(report.format(cfg.init_from))
         module.checkpoint_extras = {"run_config": config_dict, "tokenizer": corpus.tokenizer_path.read_text()}
         trainer = build_trainer(cfg, run_dir, tokenizer)
         model = module.model
@@ -127,7 +168,7 @@ def run(cfg: RunConfig) -> RunResult | None:
         if rank == 0:
             print(f"run directory: {run_dir}\nmodel: {model.num_parameters():,} parameters, attention "
                   f"{cfg.model.attention.type}; data: {corpus.train_tokens:,} train / {corpus.val_tokens:,} val tokens")
-        trainer.fit(module, datamodule=datamodule)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=str(resume) if resume else None)
         if trainer.global_step % cfg.trainer.val_check_interval:
             trainer.validate(module, datamodule=datamodule, verbose=False)  # the final figure is always fresh
         val_loss = float(trainer.callback_metrics["val/loss"])

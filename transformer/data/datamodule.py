@@ -35,27 +35,32 @@ class TokenWindows(Dataset):
 
 
 class RandomWindowSampler(Sampler[int]):
-    """Seeded random window starts. Each global batch of ``batch_size * world_size`` indices is drawn in
-    one sequence and rank ``r`` takes its slice, so training with W processes at batch b sees exactly the
-    examples of one process at batch W*b. Epoch ``e`` draws from generator ``seed + e`` (``set_epoch``)."""
+    """An endless, seeded stream of window starts that can start at any batch.
 
-    def __init__(self, num_windows: int, samples_per_epoch: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1) -> None:
+    Global batch ``i`` belongs to epoch ``i // batches_per_epoch``; each epoch's starts are drawn from a
+    generator seeded with ``seed + epoch`` as one ``[batches, world_size, batch_size]`` block, and rank
+    ``r`` takes its slice. So W processes at batch b see exactly the examples of one process at batch
+    W*b, and a resumed run that starts at batch ``start_batch`` sees exactly what an uninterrupted run
+    would have seen. It has no length: training is bounded by ``trainer.max_steps``.
+    """
+
+    def __init__(self, num_windows: int, samples_per_epoch: int, batch_size: int, *, seed: int, rank: int = 0,
+                 world_size: int = 1, start_batch: int = 0) -> None:
         self.num_windows, self.batch_size, self.seed = num_windows, batch_size, seed
-        self.rank, self.world_size = rank, world_size
-        global_batch = batch_size * world_size
-        self.num_batches = max(1, samples_per_epoch // global_batch)
-        self.epoch = 0
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        self.batches_per_epoch = max(1, samples_per_epoch // (batch_size * world_size))
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def __len__(self) -> int:
-        return self.num_batches * self.batch_size
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        starts = torch.randint(self.num_windows, (self.batches_per_epoch, self.world_size, self.batch_size), generator=g)
+        return starts[:, self.rank]  # [batches, b]
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        starts = torch.randint(self.num_windows, (self.num_batches, self.world_size, self.batch_size), generator=g)
-        return iter(starts[:, self.rank].reshape(-1).tolist())
+        epoch, within = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            for batch in self._epoch(epoch)[within:].tolist():
+                yield from batch
+            epoch, within = epoch + 1, 0
 
 
 class ShardSampler(Sampler[int]):
@@ -95,6 +100,11 @@ class LMDataModule(L.LightningDataModule):
         self.train_set = TokenWindows(self.corpus.tokens("train"), T, stride=1)
         self.val_set = TokenWindows(self.corpus.tokens("val"), T, stride=T)  # disjoint blocks cover the split
 
+    def _batches_consumed(self) -> int:
+        """Micro-batches behind the (restored) optimizer step: where a resumed run's data continues."""
+        trainer = getattr(self, "trainer", None)
+        return trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
+
     def _rank_world(self) -> tuple[int, int]:
         trainer = getattr(self, "trainer", None)
         return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
@@ -103,8 +113,10 @@ class LMDataModule(L.LightningDataModule):
         rank, world = self._rank_world()
         b = self.cfg.batch_size
         samples = max(self.corpus.train_tokens // self.cfg.block_size, b * world)  # one "epoch" ~ one pass of tokens
-        sampler = RandomWindowSampler(len(self.train_set), samples, b, seed=self.seed, rank=rank, world_size=world)
-        return DataLoader(self.train_set, batch_size=b, sampler=sampler, drop_last=True, num_workers=self.cfg.num_workers,
+        sampler = RandomWindowSampler(len(self.train_set), samples, b, seed=self.seed, rank=rank, world_size=world,
+                                      start_batch=self._batches_consumed())
+        return DataLoader(self.train_set, batch_size=b, sampler=sampler, num_workers=self.cfg.num_workers,
+                          generator=self._loader_generator(),
                           pin_memory=torch.cuda.is_available(), persistent_workers=self.cfg.num_workers > 0)
 
     def val_dataloader(self) -> DataLoader:
@@ -113,4 +125,10 @@ class LMDataModule(L.LightningDataModule):
         if self.max_val_batches is not None:  # the same examples whatever the number of processes
             length = min(length, self.max_val_batches * self.cfg.batch_size)
         return DataLoader(self.val_set, batch_size=self.cfg.batch_size, sampler=ShardSampler(length, rank=rank, world_size=world),
-                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available())
+                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
+                          generator=self._loader_generator())
+
+    def _loader_generator(self) -> torch.Generator:
+        """Creating a DataLoader iterator draws a seed; from the global RNG that would shift dropout's random
+        stream whenever a loader restarts (validation, resume). A private generator keeps it exact."""
+        return torch.Generator().manual_seed(self.seed)

@@ -2,12 +2,35 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..generation import generate
 from .config import SampleConfig
+
+
+class SaveOnInterrupt(L.Callback):
+    """SIGTERM (schedulers, SLURM preemption) or Ctrl-C: write ``last.ckpt`` at the step reached, atomically,
+    so ``resume_from=auto`` continues from there. Lightning turns SIGTERM into an exception at the end of
+    the current batch and calls ``on_exception`` on every rank (saving is collective under DDP/FSDP)."""
+
+    def __init__(self, checkpoint_dir: Path) -> None:
+        self.path = Path(checkpoint_dir) / "last.ckpt"
+        self.saved_at: int | None = None
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+        if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.global_step == 0:
+            return
+        trainer.save_checkpoint(self.path)
+        self.saved_at = trainer.global_step
+        if trainer.is_global_zero:
+            what = "SIGTERM" if isinstance(exception, SIGTERMException) else "interrupt"
+            print(f"\n{what}: saved {self.path} at step {trainer.global_step}; continue with resume_from=auto", flush=True)
 
 
 class TextSampleCallback(L.Callback):

@@ -105,6 +105,9 @@ class OptimConfig:
     """Linear warmup from 0 to ``lr``."""
     schedule: str = "cosine"
     """After warmup: ``cosine`` or ``linear`` decay to ``min_lr`` at ``trainer.max_steps``, or ``constant``."""
+    decay_steps: int | None = None
+    """Length of the warmup + decay schedule (``None``: ``trainer.max_steps``). Set it to stop a run early
+    and resume it later on the same schedule."""
     grad_clip: float = 1.0
     """Clip the global gradient norm (0 = off)."""
     fused: bool | None = None
@@ -211,8 +214,20 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    resume_from: str | None = None
+    """Continue a run exactly: ``auto`` (the newest ``<out_dir>/<name>-*`` run with ``checkpoints/last.ckpt``)
+    or a checkpoint path. Restores weights, optimizer, schedule, step, RNG, data position, logger run."""
+    init_from: str | None = None
+    """Start from weights only: a checkpoint, an export directory or a Hugging Face directory. Shapes
+    that differ are re-initialised (and reported); attention key/value heads are converted."""
+    init_strict: bool = False
+    """With ``init_from``: any missing, unexpected or re-initialised key is an error."""
+    init_freeze: list[str] = field(default_factory=list)
+    """With ``init_from``: module names whose parameters are not trained, e.g. ``[embed, decoder.blocks.0]``."""
 
     def __post_init__(self) -> None:
+        if self.resume_from and self.init_from:
+            raise ValueError("resume_from and init_from are exclusive: resume continues a run, init_from starts a new one")
         if self.data.block_size > self.model.max_seq_len:
             raise ValueError(
                 f"data.block_size={self.data.block_size} exceeds model.max_seq_len={self.model.max_seq_len}"

@@ -19,6 +19,7 @@ from torchmetrics import SumMetric
 
 from ..config import ModelConfig
 from ..transformer_model import build_model
+from .checkpoint_io import rng_state, set_rng_state
 from .config import OptimConfig
 from .optim import build_optimizer, build_scheduler
 
@@ -47,6 +48,11 @@ class LanguageModelModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint.update(self.checkpoint_extras)
+        checkpoint["rng"] = rng_state()  # dropout etc. continue exactly on resume (data order has its own seed)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if "rng" in checkpoint:
+            set_rng_state(checkpoint["rng"])
 
     def configure_model(self) -> None:
         if self.compile_model and not getattr(self, "_compiled", False):
@@ -127,7 +133,7 @@ class LanguageModelModule(L.LightningModule):
     # ---------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim_cfg)
-        scheduler = build_scheduler(optimizer, self.optim_cfg, self.max_steps)
+        scheduler = build_scheduler(optimizer, self.optim_cfg, self.optim_cfg.decay_steps or self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 

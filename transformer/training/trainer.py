@@ -9,14 +9,38 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
 from ..layers import TransformerBlock
-from .callbacks import TextSampleCallback
+from .callbacks import SaveOnInterrupt, TextSampleCallback
+from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig
+
+
+class AppendingCSVLogger(L.pytorch.loggers.CSVLogger):
+    """CSVLogger that continues an existing ``metrics.csv`` (a resumed run).
+
+    Lightning's writer deletes an existing ``metrics.csv`` when it is created; this keeps the rows,
+    writes them back (atomically) and appends under the same header.
+    """
+
+    @property
+    def experiment(self):
+        if self._experiment is not None:
+            return self._experiment
+        path = os.path.join(self.log_dir, "metrics.csv")
+        previous = Path(path).read_text() if os.path.isfile(path) else None
+        writer = super().experiment
+        if previous is not None and isinstance(getattr(writer, "metrics_file_path", None), str):  # rank 0's real writer
+            tmp = writer.metrics_file_path + ".tmp"
+            Path(tmp).write_text(previous)
+            os.replace(tmp, writer.metrics_file_path)
+            header = previous.splitlines()[0].split(",") if previous else []
+            writer.metrics_keys = sorted(k for k in header if k)
+        return writer
 
 
 def build_loggers(cfg: RunConfig, run_dir: Path) -> list:
     loggers = []
     if cfg.logger.csv:
-        loggers.append(L.pytorch.loggers.CSVLogger(save_dir=str(run_dir), name="", version="csv"))
+        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="", version="csv"))
     if cfg.logger.tensorboard:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
     wandb = cfg.logger.wandb
@@ -28,7 +52,7 @@ def build_loggers(cfg: RunConfig, run_dir: Path) -> list:
         offline = wandb.offline or os.environ.get("WANDB_MODE") == "offline"
         loggers.append(L.pytorch.loggers.WandbLogger(
             project=wandb.project, entity=wandb.entity, group=wandb.group, tags=list(wandb.tags) or None,
-            name=run_dir.name, save_dir=str(run_dir), offline=offline, id=_wandb_id(run_dir),
+            name=run_dir.name, save_dir=str(run_dir), offline=offline, id=_wandb_id(run_dir), resume="allow",
         ))
     return loggers
 
@@ -62,6 +86,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> L.Trainer:
                         auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=cfg.checkpoint.save_top_k,
                         save_last=cfg.checkpoint.save_last),
         TextSampleCallback(cfg.sample, tokenizer),
+        SaveOnInterrupt(run_dir / "checkpoints"),
     ]
     loggers = build_loggers(cfg, run_dir)
     if loggers:
@@ -78,6 +103,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> L.Trainer:
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=cfg.optim.grad_clip or None,
         deterministic=t.deterministic, logger=loggers or False, callbacks=callbacks, enable_progress_bar=t.progress_bar,
         use_distributed_sampler=False, default_root_dir=str(run_dir), num_sanity_val_steps=0,
+        plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
     )
 

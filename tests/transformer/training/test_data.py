@@ -1,5 +1,7 @@
 """The data pipeline: tokenizers, splits, the memmap token store, samplers, and clear errors."""
 
+from itertools import islice
+
 import numpy as np
 import pytest
 import torch
@@ -80,8 +82,10 @@ def test_json_csv_parquet_sources(tmp_path):
 
 
 def test_samplers_shard_without_duplicates():
-    one = list(RandomWindowSampler(1000, 64, 8, seed=1))
-    ranks = [list(RandomWindowSampler(1000, 64, 4, seed=1, rank=r, world_size=2)) for r in range(2)]
+    one = list(islice(RandomWindowSampler(1000, 64, 8, seed=1), 160))  # endless: 2.5 epochs of 8 batches
+    ranks = [list(islice(RandomWindowSampler(1000, 64, 4, seed=1, rank=r, world_size=2), 80)) for r in range(2)]
+    resumed = list(islice(RandomWindowSampler(1000, 64, 8, seed=1, start_batch=11), 40))
+    assert resumed == one[88:128]  # starting at batch 11 continues the same stream
     for step in range(len(one) // 8):  # global batch k of 2 ranks x 4 == batch k of 1 rank x 8
         assert one[step * 8 : step * 8 + 8] == ranks[0][step * 4 : step * 4 + 4] + ranks[1][step * 4 : step * 4 + 4]
     shards = [list(ShardSampler(11, rank=r, world_size=3)) for r in range(3)]

@@ -1,0 +1,76 @@
+"""Export a training checkpoint to a self-contained directory, loadable without Lightning.
+
+    python -m transformer.export runs/x/checkpoints/last.ckpt exports/x          # toolkit format
+    python -m transformer.export runs/x/checkpoints/last.ckpt exports/x --hf     # + Hugging Face format in exports/x/hf
+
+The directory holds ``model.safetensors`` (this toolkit's parameter names), ``model_config.json``,
+``tokenizer.json`` and ``run_config.json``. Load it with ``transformer.training.weights.load_model``
+(or use it as ``init_from`` / with ``python -m transformer.sample``). ``--hf`` also writes a
+Llama / GPT-2 / BERT-format copy for ``transformers`` when the model has that shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from .training.checkpoint_io import CheckpointError, read_checkpoint
+from .training.weights import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_model
+
+
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool = False, overwrite: bool = False) -> Path:
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
+    model, tokenizer = load_model(checkpoint)
+    run_config = read_checkpoint(checkpoint).get("run_config", {})
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in _tied_alias_names(model)}
+    files = {EXPORT_CONFIG: json.dumps(model.cfg.to_dict(), indent=2), "run_config.json": json.dumps(run_config, indent=2)}
+    if tokenizer is not None:
+        files[EXPORT_TOKENIZER] = tokenizer
+    tmp = out / f".{EXPORT_WEIGHTS}.tmp"
+    save_file(state, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, out / EXPORT_WEIGHTS)
+    for name, text in files.items():
+        (out / f".{name}.tmp").write_text(text)
+        os.replace(out / f".{name}.tmp", out / name)
+    if hf:
+        from .interop import export_hf
+
+        export_hf(model, out / "hf", overwrite=overwrite)
+        if tokenizer is not None and '"type": "char"' not in tokenizer[:40]:
+            (out / "hf" / "tokenizer.json").write_text(tokenizer)  # BPE: a Hugging Face tokenizers file
+    return out
+
+
+def _tied_alias_names(model) -> set[str]:
+    from .training.weights import _tied_aliases
+
+    return set(_tied_aliases(model))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transformer.export", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint")
+    parser.add_argument("out_dir")
+    parser.add_argument("--hf", action="store_true", help="also write a Hugging Face-format copy in OUT_DIR/hf")
+    parser.add_argument("--overwrite", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        out = export_checkpoint(args.checkpoint, args.out_dir, hf=args.hf, overwrite=args.overwrite)
+    except (CheckpointError, FileExistsError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(f"exported {args.checkpoint} -> {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
