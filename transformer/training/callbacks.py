@@ -66,6 +66,8 @@ class TextSampleCallback(L.Callback):
         self._emit(trainer, pl_module, f"sample after {trainer.global_step} steps")
 
     def _emit(self, trainer, pl_module, title: str) -> None:
+        if self.cfg.max_new_tokens == 0:  # samples switched off
+            return
         text = self.sample(pl_module)
         if text is None:  # not rank 0
             return

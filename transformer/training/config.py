@@ -192,6 +192,7 @@ class SampleConfig:
     """Print a sample every this many steps (0: only at the end)."""
     prompt: str = "\n"
     max_new_tokens: int = 200
+    """Length of each sample (0: no samples)."""
     temperature: float = 0.8
     top_k: int | None = 50
 
