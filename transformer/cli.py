@@ -44,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_any_config(args.config, args.overrides)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -53,8 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+    runner = run
+    if getattr(cfg, "task", "lm") == "regression":
+        from regression.cli import run as runner
     try:
-        result = run(cfg)
+        result = runner(cfg)
     except SIGTERMException:  # the checkpoint was saved by SaveOnInterrupt; 143 = terminated, not finished
         print("stopped by SIGTERM before max_steps; resume with resume_from=auto", file=sys.stderr)
         return 143
@@ -63,10 +66,29 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {err}", file=sys.stderr)
         return 1
-    if result is not None:
+    if isinstance(result, RunResult):
         print(f"\nrun directory: {result.run_dir}\nfinal validation loss: {result.val_loss:.4f} "
               f"after {result.steps} steps in {result.wall_time:.1f} s")
     return 0
+
+
+def load_any_config(path: str | None, overrides: list[str]):
+    """The run config for the task the YAML (or a ``task=`` override) names: ``lm`` (default) or ``regression``."""
+    from omegaconf import OmegaConf
+
+    task = "lm"
+    if path and Path(path).is_file():
+        task = (OmegaConf.load(path) or {}).get("task", "lm")
+    for override in overrides:
+        if override.startswith("task="):
+            task = override.split("=", 1)[1]
+    if task == "regression":
+        from regression.config import RegressionRunConfig
+
+        return load_config(path, overrides, schema=RegressionRunConfig)
+    if task != "lm":
+        raise ConfigError(f"config key task: {task!r} is not one of ('lm', 'regression')")
+    return load_config(path, [o for o in overrides if not o.startswith("task=")])
 
 
 def resolve_resume(cfg: RunConfig) -> Path | None:
@@ -114,6 +136,7 @@ def run(cfg: RunConfig) -> RunResult | None:
     import lightning as L
 
     from .data import LMDataModule
+    from .training.callbacks import TextSampleCallback
     from .training.lm_module import LanguageModelModule
     from .training.trainer import build_trainer
 
@@ -157,7 +180,7 @@ def run(cfg: RunConfig) -> RunResult | None:
             if rank == 0:
                 print(report.format(cfg.init_from))
         module.checkpoint_extras = {"run_config": config_dict, "tokenizer": corpus.tokenizer_path.read_text()}
-        trainer = build_trainer(cfg, run_dir, tokenizer)
+        trainer = build_trainer(cfg, run_dir, callbacks=[TextSampleCallback(cfg.sample, tokenizer)])
         model = module.model
         hparams = flat_dict(config_dict)
         hparams.update({"model.parameters": model.num_parameters(),

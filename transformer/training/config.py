@@ -201,6 +201,8 @@ class SampleConfig:
 class RunConfig:
     """One training run."""
 
+    task: str = "lm"
+    """``lm`` (this schema) or ``regression`` (``regression.config.RegressionRunConfig``)."""
     name: str = "default"
     """Run name: the run directory is ``<out_dir>/<name>-<timestamp>``."""
     out_dir: str = "runs"
@@ -227,6 +229,8 @@ class RunConfig:
     """With ``init_from``: module names whose parameters are not trained, e.g. ``[embed, decoder.blocks.0]``."""
 
     def __post_init__(self) -> None:
+        if self.task != "lm":
+            raise ValueError(f"task={self.task!r}: this schema is for task: lm")
         if self.resume_from and self.init_from:
             raise ValueError("resume_from and init_from are exclusive: resume continues a run, init_from starts a new one")
         if self.data.block_size > self.model.max_seq_len:
@@ -240,9 +244,9 @@ class ConfigError(ValueError):
     """A config problem, with the full key path in the message."""
 
 
-def load_config(path: str | Path | None = None, overrides: Sequence[str] = ()) -> RunConfig:
-    """Schema defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`RunConfig`."""
-    merged = OmegaConf.structured(RunConfig)
+def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, schema: type = None) -> RunConfig:
+    """Schema defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`RunConfig` (or ``schema``)."""
+    merged = OmegaConf.structured(schema or RunConfig)
     try:
         if path is not None:
             path = Path(path)

@@ -9,7 +9,7 @@ import lightning as L
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
 from ..layers import TransformerBlock
-from .callbacks import SaveOnInterrupt, TextSampleCallback
+from .callbacks import SaveOnInterrupt
 from .checkpoint_io import AtomicCheckpointIO
 from .config import RunConfig
 
@@ -75,18 +75,21 @@ def build_strategy(cfg: RunConfig):
 
         # Shard per transformer block: each block's parameters are gathered just for its forward/backward.
         return FSDPStrategy(auto_wrap_policy={TransformerBlock}, activation_checkpointing_policy=
-                            {TransformerBlock} if cfg.model.gradient_checkpointing else None)
+                            {TransformerBlock} if getattr(cfg.model, "gradient_checkpointing", False) else None)
     return cfg.trainer.strategy
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, tokenizer) -> L.Trainer:
+def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = (), monitor: str = "val/loss") -> L.Trainer:
+    """The Trainer for a run (language model or regression: ``cfg`` needs trainer / logger / checkpoint / optim
+    sections); checkpoints keep the best ``save_top_k`` by ``monitor`` (lower is better) plus ``last.ckpt``."""
     t = cfg.trainer
+    metric = monitor.split("/")[-1]
     callbacks = [
-        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename="step{step:07d}-val{val/loss:.4f}",
-                        auto_insert_metric_name=False, monitor="val/loss", mode="min", save_top_k=cfg.checkpoint.save_top_k,
+        ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename=f"step{{step:07d}}-{metric}{{{monitor}:.4f}}",
+                        auto_insert_metric_name=False, monitor=monitor, mode="min", save_top_k=cfg.checkpoint.save_top_k,
                         save_last=cfg.checkpoint.save_last),
-        TextSampleCallback(cfg.sample, tokenizer),
         SaveOnInterrupt(run_dir / "checkpoints"),
+        *callbacks,
     ]
     loggers = build_loggers(cfg, run_dir)
     if loggers:

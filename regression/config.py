@@ -1,0 +1,143 @@
+"""Config schema of regression runs (``task: regression`` in a YAML given to ``train.py``).
+
+The encoder is the toolkit's own (``model.*`` is a :class:`transformer.config.ModelConfig` with
+``kind: encoder``; ``model.attention.*`` picks MHA / GQA / MQA / MLA and positions), and the trainer,
+logger and checkpoint sections are the language-model run's, so every option has one name.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformer.config import ModelConfig
+from transformer.training.config import (
+    CheckpointConfig,
+    LoggerConfig,
+    OptimConfig,
+    TrainerConfig,
+    _choice,
+    _positive,
+)
+
+SCALINGS = ("standard", "minmax", "none")
+MISSING_POLICIES = ("error", "drop", "ffill", "mean")
+LOSSES = ("mse", "huber", "mae")
+
+
+@dataclass
+class RegressionDataConfig:
+    """Where the table comes from, which columns mean what, and how examples are cut and split."""
+
+    source: str = "synthetic"
+    """``synthetic`` (the embedded default: a generated multivariate series with known noise) or ``files``."""
+    path: str | None = None
+    """``files``: CSV / Parquet / JSON file(s) (comma-separated or a glob)."""
+    format: str | None = None
+    """``csv``, ``parquet`` or ``json`` (``None``: from the extension)."""
+    kind: str = "sequence"
+    """``sequence``: windows over time series -> a transformer over time steps; ``tabular``: one row = one
+    example, each feature a token (FT-Transformer)."""
+    feature_columns: list[str] = field(default_factory=list)
+    """Numeric input columns (``[]`` with ``synthetic``: its own)."""
+    categorical_columns: list[str] = field(default_factory=list)
+    """Categorical input columns (any values; codes are learned from the training split, unseen -> a reserved code)."""
+    target_columns: list[str] = field(default_factory=list)
+    """Columns to predict."""
+    series_column: str | None = None
+    """``sequence``: the column identifying each series (windows never cross series)."""
+    time_column: str | None = None
+    """``sequence``: rows are sorted by this within each series (``None``: file order)."""
+    window: int = 32
+    """``sequence``: time steps per input window."""
+    horizon: int = 0
+    """``sequence``: predict targets this many steps after the window's last step (0: at the last step);
+    with ``horizon_steps`` > 1, the values at ``horizon .. horizon + horizon_steps - 1``."""
+    horizon_steps: int = 1
+    """``sequence``: how many consecutive future values of each target to predict (forecasting)."""
+    stride: int = 1
+    """``sequence``: step between consecutive windows."""
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    """Held-out shares: the last ones in time within each series (``sequence``) or a seeded random share of rows (``tabular``)."""
+    missing: str = "error"
+    """Missing / non-numeric cells: ``error`` (name column and row), ``drop`` rows, ``ffill`` within a series,
+    or ``mean`` (training-split mean)."""
+    feature_scaling: str = "standard"
+    target_scaling: str = "standard"
+    """``standard``, ``minmax`` or ``none``; fitted on the training split only, stored in the checkpoint, inverted
+    for metrics and predictions."""
+    batch_size: int = 64
+    num_workers: int = 0
+    synthetic_series: int = 16
+    synthetic_length: int = 600
+    synthetic_noise: float = 0.3
+    """``synthetic``: number of series, steps per series, and the std of the irreducible noise (the RMSE floor)."""
+
+    def __post_init__(self) -> None:
+        _choice("data.source", self.source, ("synthetic", "files"))
+        _choice("data.kind", self.kind, ("sequence", "tabular"))
+        _choice("data.missing", self.missing, MISSING_POLICIES)
+        _choice("data.feature_scaling", self.feature_scaling, SCALINGS)
+        _choice("data.target_scaling", self.target_scaling, SCALINGS)
+        if self.format is not None:
+            _choice("data.format", self.format, ("csv", "parquet", "json"))
+        if self.source == "files":
+            if not self.path:
+                raise ValueError("data.path is required when data.source='files'")
+            if not self.target_columns:
+                raise ValueError("data.target_columns must name at least one column to predict")
+            if not self.feature_columns and not self.categorical_columns:
+                raise ValueError("data.feature_columns / data.categorical_columns must name at least one input column")
+        overlap = set(self.target_columns) & set(self.categorical_columns)
+        if overlap:
+            raise ValueError(f"columns {sorted(overlap)} are both targets and categorical inputs")
+        if self.horizon < 0:
+            raise ValueError(f"data.horizon={self.horizon} must be >= 0")
+        _positive("data", self, ("window", "horizon_steps", "stride", "batch_size", "synthetic_series", "synthetic_length"))
+        if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
+            raise ValueError(f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} must leave a training share")
+
+
+@dataclass
+class HeadConfig:
+    loss: str = "mse"
+    """Training loss: ``mse``, ``huber`` or ``mae`` (on scaled targets)."""
+    huber_delta: float = 1.0
+    head_dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _choice("head.loss", self.loss, LOSSES)
+
+
+def _default_model() -> ModelConfig:
+    return ModelConfig(kind="encoder", vocab_size=1, embed_dim=64, num_heads=4, num_layers=3, max_seq_len=64,
+                       norm="rmsnorm", mlp="swiglu", pooling="last", attention={"type": "mha", "positional": "rope"})
+
+
+@dataclass
+class RegressionRunConfig:
+    task: str = "regression"
+    name: str = "regression"
+    out_dir: str = "runs"
+    seed: int = 1337
+    model: ModelConfig = field(default_factory=_default_model)
+    """The encoder (``kind`` is forced to ``encoder``; ``vocab_size`` is unused)."""
+    data: RegressionDataConfig = field(default_factory=RegressionDataConfig)
+    head: HeadConfig = field(default_factory=HeadConfig)
+    optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.01, warmup_steps=100))
+    trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=3000, val_check_interval=250,
+                                                                         limit_val_batches=None))
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    init_from: str | None = None
+    """Start the encoder from a checkpoint / export (e.g. a language model's: ``decoder.*`` maps onto ``encoder.*``)."""
+    init_freeze: list[str] = field(default_factory=list)
+    resume_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.task != "regression":
+            raise ValueError(f"task={self.task!r}: this schema is for task: regression")
+        if self.model.kind != "encoder":
+            raise ValueError(f"model.kind={self.model.kind!r}: regression models use an encoder (model.kind: encoder)")
+        if self.data.kind == "sequence" and self.data.window + (self.model.pooling == "cls") > self.model.max_seq_len:
+            raise ValueError(f"data.window={self.data.window} (+1 for a CLS token) exceeds model.max_seq_len={self.model.max_seq_len}")

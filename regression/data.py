@@ -1,0 +1,312 @@
+"""Regression data: a table -> cleaned -> split without leakage -> scaled on the training split -> examples.
+
+Sequence data: each series is sorted by time and cut into train / validation / test *segments*
+(the last ``val_fraction`` then ``test_fraction`` of its steps are held out). Windows are built
+inside one segment of one series only, so no example mixes series or crosses a split boundary.
+Tabular data: rows are split at random (seeded).
+
+The synthetic default (``data.source: synthetic``) is a multivariate time series with known noise:
+
+    x1, x2, x3: independent AR(1) processes, x_t = phi * x_{t-1} + sqrt(1 - phi^2) * e_t  (unit variance;
+                phi = 0.9, 0.7, 0.5), e_t ~ N(0, 1)
+    y_t = 1.5 * tanh(x1_t) + 0.8 * x2_{t-1} * x3_t + 0.5 * x1_{t-2} + eps_t,     eps_t ~ N(0, noise^2)
+
+The window holds x1, x2, x3 up to and including step t (``horizon: 0`` predicts y at the window's last
+step), so the best possible RMSE is exactly ``noise`` (the default 0.3); a linear model cannot
+represent the tanh and the product, which bounds it well above that floor.
+
+Shapes: n rows, F numeric features, C categorical features, T targets, W window, H horizon steps.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from .config import RegressionDataConfig
+
+SYNTHETIC_FEATURES, SYNTHETIC_TARGET = ["x1", "x2", "x3"], ["y"]
+
+
+# ------------------------------------------------------------------------------------ sources
+def synthetic_frame(cfg: RegressionDataConfig, seed: int) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    frames = []
+    for s in range(cfg.synthetic_series):
+        n = cfg.synthetic_length
+        x = np.zeros((n, 3))
+        for j, phi in enumerate((0.9, 0.7, 0.5)):
+            e = rng.standard_normal(n)
+            x[0, j] = e[0]
+            for t in range(1, n):
+                x[t, j] = phi * x[t - 1, j] + np.sqrt(1 - phi**2) * e[t]
+        lag1 = np.roll(x[:, 1], 1)
+        lag2 = np.roll(x[:, 0], 2)
+        y = 1.5 * np.tanh(x[:, 0]) + 0.8 * lag1 * x[:, 2] + 0.5 * lag2 + cfg.synthetic_noise * rng.standard_normal(n)
+        frame = pd.DataFrame({"series": s, "t": np.arange(n), "x1": x[:, 0], "x2": x[:, 1], "x3": x[:, 2], "y": y})
+        frames.append(frame.iloc[2:])  # the first two steps have no lags
+    return pd.concat(frames, ignore_index=True)
+
+
+def read_table(path_spec: str, fmt: str | None) -> pd.DataFrame:
+    """CSV / Parquet / JSON file(s) through ``datasets`` (so large files stream and cache)."""
+    import datasets
+
+    files: list[str] = []
+    for part in (p.strip() for p in path_spec.split(",") if p.strip()):
+        matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
+        for m in matches:
+            if not os.path.isfile(m):
+                raise FileNotFoundError(f"data.path: {m!r} does not exist")
+            if os.path.getsize(m) == 0:
+                raise ValueError(f"data file {m!r} is empty")
+            files.append(m)
+    if not files:
+        raise FileNotFoundError(f"data.path={path_spec!r} matches no files")
+    suffix = Path(files[0]).suffix.lower()
+    fmt = fmt or {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "json"}.get(suffix)
+    if fmt is None:
+        raise ValueError(f"cannot tell the format of {files[0]!r}; set data.format to csv, parquet or json")
+    return datasets.load_dataset(fmt, data_files=files, split="train").to_pandas()
+
+
+# ------------------------------------------------------------------------------------ cleaning
+def _columns(cfg: RegressionDataConfig) -> tuple[list[str], list[str], list[str]]:
+    if cfg.source == "synthetic":
+        return cfg.feature_columns or SYNTHETIC_FEATURES, cfg.categorical_columns, cfg.target_columns or SYNTHETIC_TARGET
+    return cfg.feature_columns, cfg.categorical_columns, cfg.target_columns
+
+
+def clean(frame: pd.DataFrame, cfg: RegressionDataConfig, *, require_targets: bool = True) -> pd.DataFrame:
+    """Check columns, coerce numbers (naming the first bad cell), apply the missing-value policy.
+    ``require_targets=False`` (prediction): target columns may be absent."""
+    features, categoricals, targets = _columns(cfg)
+    if not require_targets:
+        targets = [t for t in targets if t in frame.columns]
+    needed = features + categoricals + targets + [c for c in (cfg.series_column, cfg.time_column) if c]
+    missing_cols = [c for c in needed if c not in frame.columns]
+    if missing_cols:
+        raise ValueError(f"column(s) {missing_cols} not in the data; available columns: {list(frame.columns)}")
+    frame = frame.copy()
+    for col in features + targets:
+        numeric = pd.to_numeric(frame[col], errors="coerce")
+        bad = numeric.isna() & frame[col].notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise ValueError(f"column {col!r} has a non-numeric value {frame[col].iloc[row]!r} at row {row}")
+        frame[col] = numeric.astype("float64")
+    if cfg.kind == "sequence":
+        keys = [c for c in (cfg.series_column, cfg.time_column) if c]
+        if keys:
+            frame = frame.sort_values(keys, kind="stable").reset_index(drop=True)
+    holes = frame[features + targets].isna()
+    if holes.to_numpy().any():
+        if cfg.missing == "error":
+            col = holes.any().idxmax()
+            row = int(np.flatnonzero(holes[col].to_numpy())[0])
+            raise ValueError(f"column {col!r} has a missing value at row {row}; set data.missing to drop, ffill or mean")
+        if cfg.missing == "drop":
+            frame = frame[~holes.any(axis=1)].reset_index(drop=True)
+        elif cfg.missing == "ffill":
+            group = frame.groupby(cfg.series_column) if cfg.series_column else frame
+            frame[features + targets] = group[features + targets].ffill()
+            if frame[features + targets].isna().to_numpy().any():
+                raise ValueError("data.missing=ffill cannot fill values missing at the start of a series; use drop or mean")
+        # "mean" is applied after the split, with training-split means
+    return frame
+
+
+# ------------------------------------------------------------------------------------ scaling
+@dataclass
+class Scaler:
+    """Per-column affine scaling ``(x - loc) / scale``, fitted on the training split only."""
+
+    kind: str
+    loc: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, values: np.ndarray, kind: str) -> "Scaler":
+        if kind == "standard":
+            loc, scale = np.nanmean(values, 0), np.nanstd(values, 0)
+        elif kind == "minmax":
+            loc, scale = np.nanmin(values, 0), np.nanmax(values, 0) - np.nanmin(values, 0)
+        else:
+            loc, scale = np.zeros(values.shape[1]), np.ones(values.shape[1])
+        return cls(kind, loc.astype(np.float64), np.where(scale > 0, scale, 1.0).astype(np.float64))
+
+    def transform(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.loc) / self.scale
+
+    def inverse(self, values):
+        """Scaled -> original units; numpy arrays or tensors ``[..., columns]``."""
+        if isinstance(values, torch.Tensor):
+            loc = torch.as_tensor(self.loc, dtype=values.dtype, device=values.device)
+            return values * torch.as_tensor(self.scale, dtype=values.dtype, device=values.device) + loc
+        return values * self.scale + self.loc
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "loc": self.loc.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Scaler":
+        return cls(d["kind"], np.asarray(d["loc"], dtype=np.float64), np.asarray(d["scale"], dtype=np.float64))
+
+
+# ------------------------------------------------------------------------------------ datasets
+class SequenceWindows(Dataset):
+    """Windows ``x [W, F]``, ``cats [W, C]`` -> targets ``y [H * T]`` (step-major), all inside one segment."""
+
+    def __init__(self, segments: list[dict[str, np.ndarray]], cfg: RegressionDataConfig) -> None:
+        self.segments, self.W = segments, cfg.window
+        self.offset, self.H = cfg.horizon, cfg.horizon_steps
+        need = self.W + self.offset + self.H - 1  # rows one example spans
+        self.index = [(i, s) for i, seg in enumerate(segments) for s in range(0, len(seg["x"]) - need + 1, cfg.stride)]
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def target_rows(self, i: int) -> tuple[int, np.ndarray]:
+        seg, start = self.index[i]
+        first = start + self.W - 1 + self.offset
+        return seg, np.arange(first, first + self.H)
+
+    def __getitem__(self, i: int):
+        seg_id, start = self.index[i]
+        seg = self.segments[seg_id]
+        _, rows = self.target_rows(i)
+        window = slice(start, start + self.W)
+        return (torch.from_numpy(seg["x"][window]), torch.from_numpy(seg["cats"][window]),
+                torch.from_numpy(seg["y"][rows].reshape(-1)))
+
+
+class TabularRows(Dataset):
+    """Rows ``x [F]``, ``cats [C]`` -> ``y [T]``."""
+
+    def __init__(self, x: np.ndarray, cats: np.ndarray, y: np.ndarray) -> None:
+        self.x, self.cats, self.y = x, cats, y
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int):
+        return torch.from_numpy(self.x[i]), torch.from_numpy(self.cats[i]), torch.from_numpy(self.y[i])
+
+
+@dataclass
+class Preprocessing:
+    """Everything fitted on the training split that prediction needs again (stored in checkpoints)."""
+
+    features: list[str]
+    categoricals: list[str]
+    targets: list[str]
+    feature_scaler: Scaler
+    target_scaler: Scaler
+    categories: dict[str, list[str]]  # column -> known values (code = index + 1; 0 = unseen)
+    feature_means: list[float]  # training means, for data.missing=mean
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"features": self.features, "categoricals": self.categoricals, "targets": self.targets,
+                "feature_scaler": self.feature_scaler.to_dict(), "target_scaler": self.target_scaler.to_dict(),
+                "categories": self.categories, "feature_means": self.feature_means}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Preprocessing":
+        return cls(d["features"], d["categoricals"], d["targets"], Scaler.from_dict(d["feature_scaler"]),
+                   Scaler.from_dict(d["target_scaler"]), d["categories"], d["feature_means"])
+
+    @property
+    def cardinalities(self) -> list[int]:
+        return [len(self.categories[c]) + 1 for c in self.categoricals]
+
+    def arrays(self, frame: pd.DataFrame, missing: str) -> dict[str, np.ndarray]:
+        """Scaled float32 features / targets and int64 category codes of ``frame``'s rows."""
+        x = frame[self.features].to_numpy(np.float64) if self.features else np.zeros((len(frame), 0))
+        if missing == "mean" and self.features:
+            x = np.where(np.isnan(x), np.asarray(self.feature_means), x)
+        y = frame[self.targets].to_numpy(np.float64) if set(self.targets) <= set(frame.columns) else np.full((len(frame), len(self.targets)), np.nan)
+        cats = np.stack([frame[c].astype(str).map({v: i + 1 for i, v in enumerate(self.categories[c])}).fillna(0).to_numpy(np.int64)
+                         for c in self.categoricals], axis=1) if self.categoricals else np.zeros((len(frame), 0), np.int64)
+        return {"x": self.feature_scaler.transform(x).astype(np.float32), "cats": cats,
+                "y": self.target_scaler.transform(y).astype(np.float32)}
+
+
+@dataclass
+class RegressionData:
+    pre: Preprocessing
+    train: Dataset
+    val: Dataset
+    test: Dataset | None
+    frames: dict[str, pd.DataFrame]  # the raw rows of each split (for baselines and reports)
+
+
+def fit_preprocessing(train: pd.DataFrame, cfg: RegressionDataConfig) -> Preprocessing:
+    features, categoricals, targets = _columns(cfg)
+    x = train[features].to_numpy(np.float64) if features else np.zeros((len(train), 0))
+    means = np.nanmean(x, 0).tolist() if features else []
+    if cfg.missing == "mean" and features:
+        x = np.where(np.isnan(x), np.asarray(means), x)
+    y = train[targets].to_numpy(np.float64)
+    if np.isnan(y).any():
+        raise ValueError("targets have missing values in the training split; data.missing=mean fills features only, "
+                         "use data.missing=drop")
+    categories = {c: sorted(train[c].astype(str).unique().tolist()) for c in categoricals}
+    return Preprocessing(features, categoricals, targets, Scaler.fit(x, cfg.feature_scaling),
+                         Scaler.fit(y, cfg.target_scaling), categories, means)
+
+
+def split_frame(frame: pd.DataFrame, cfg: RegressionDataConfig, seed: int) -> dict[str, list[pd.DataFrame]]:
+    """-> {"train": [...], "val": [...], "test": [...]}: per-series segments (sequence) or one frame each (tabular)."""
+    parts: dict[str, list[pd.DataFrame]] = {"train": [], "val": [], "test": []}
+    if cfg.kind == "tabular":
+        order = np.random.default_rng(seed).permutation(len(frame))
+        n_val, n_test = int(round(cfg.val_fraction * len(frame))), int(round(cfg.test_fraction * len(frame)))
+        parts["val"].append(frame.iloc[np.sort(order[:n_val])])
+        parts["test"].append(frame.iloc[np.sort(order[n_val:n_val + n_test])])
+        parts["train"].append(frame.iloc[np.sort(order[n_val + n_test:])])
+        return parts
+    series = [g for _, g in frame.groupby(cfg.series_column, sort=True)] if cfg.series_column else [frame]
+    for s in series:
+        n = len(s)
+        n_test, n_val = int(round(cfg.test_fraction * n)), int(round(cfg.val_fraction * n))
+        cut_val, cut_test = n - n_val - n_test, n - n_test
+        parts["train"].append(s.iloc[:cut_val])
+        parts["val"].append(s.iloc[cut_val:cut_test])
+        parts["test"].append(s.iloc[cut_test:])
+    return parts
+
+
+def build_data(cfg: RegressionDataConfig, seed: int) -> RegressionData:
+    frame = synthetic_frame(cfg, seed) if cfg.source == "synthetic" else read_table(cfg.path, cfg.format)
+    frame = clean(frame, cfg)
+    parts = split_frame(frame, cfg, seed)
+    if cfg.missing == "mean":  # features are filled with training means; rows without a target cannot be used
+        for split in parts.values():
+            for i, p in enumerate(split):
+                split[i] = p[~p[_columns(cfg)[2]].isna().any(axis=1)]
+    pre = fit_preprocessing(pd.concat(parts["train"]), cfg)
+    datasets: dict[str, Dataset | None] = {}
+    for name, segments in parts.items():
+        arrays = [pre.arrays(seg, cfg.missing) for seg in segments if len(seg)]
+        if cfg.kind == "sequence":
+            ds = SequenceWindows(arrays, cfg)
+        else:
+            ds = TabularRows(*(np.concatenate([a[k] for a in arrays]) for k in ("x", "cats", "y"))) if arrays else None
+        if ds is None or len(ds) == 0:
+            if name == "test" and cfg.test_fraction == 0:
+                datasets[name] = None
+                continue
+            need = cfg.window + cfg.horizon + cfg.horizon_steps - 1
+            raise ValueError(f"the {name} split has no complete example (a window spans {need} rows of one series); "
+                             f"use more data, a smaller data.window / data.horizon, or a larger data.{name}_fraction")
+        datasets[name] = ds
+    return RegressionData(pre, datasets["train"], datasets["val"], datasets["test"],
+                          {k: pd.concat(v) if v else pd.DataFrame() for k, v in parts.items()})

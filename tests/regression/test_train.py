@@ -1,0 +1,69 @@
+"""Regression runs end to end: training, metrics, checkpoints, predict, and the embedded default's quality."""
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from regression.cli import run
+from regression.config import RegressionRunConfig
+from regression.predict import load_regressor, predict_file
+from transformer.cli import load_any_config, main
+
+
+def quick(tmp_path, *extra):
+    return load_any_config("configs/regression/default.yaml", [
+        f"out_dir={tmp_path}", "trainer.max_steps=30", "trainer.val_check_interval=15", "trainer.progress_bar=false",
+        "data.synthetic_series=4", "data.synthetic_length=200", "model.num_layers=1", *extra])
+
+
+@pytest.mark.parametrize("attention_type", ["gqa", "mla"])
+def test_quick_run_predict_and_checkpoint(tmp_path, attention_type):
+    extra = [f"model.attention.type={attention_type}"] + (["model.attention.num_kv_heads=2"] if attention_type == "gqa" else [])
+    cfg = quick(tmp_path, *extra)
+    assert isinstance(cfg, RegressionRunConfig)
+    result = run(cfg)
+    assert set(result.val) >= {"rmse", "mae", "r2"} and result.val["rmse"] > 0 and result.baseline_val["rmse"] > 0
+    ckpt = next((result.run_dir / "checkpoints").glob("step*-rmse*.ckpt"))
+    model, saved_cfg, pre = load_regressor(ckpt)
+    assert saved_cfg.model.attention.type == attention_type and pre.targets == ["y"]
+    # predict: one row per window, in original units
+    from regression.data import synthetic_frame
+
+    frame = synthetic_frame(cfg.data, seed=5)
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    out = predict_file(ckpt, tmp_path / "new.csv", tmp_path / "pred.csv")
+    assert len(out) == len(frame) - cfg.data.window + 1 and list(out.columns)[-1] == "pred_y"
+    assert abs(out["pred_y"].std() - frame["y"].std()) < frame["y"].std()  # original units, not standardised
+    with pytest.raises(FileExistsError):
+        predict_file(ckpt, tmp_path / "new.csv", tmp_path / "pred.csv")
+
+
+def test_tabular_csv_run_and_predict(tmp_path):
+    rng = np.random.default_rng(0)
+    frame = pd.DataFrame({"area": rng.uniform(30, 200, 600), "rooms": rng.integers(1, 6, 600), "city": rng.choice(["a", "b"], 600)})
+    frame["price"] = 3000 * frame["area"] + 10000 * frame["rooms"] + np.where(frame["city"] == "a", 50000, 0) + rng.normal(0, 1000, 600)
+    frame.to_csv(tmp_path / "houses.csv", index=False)
+    cfg = load_any_config("configs/regression/csv_tabular.yaml", [
+        f"out_dir={tmp_path}", f"data.path={tmp_path / 'houses.csv'}", "data.feature_columns=[area,rooms]",
+        "data.categorical_columns=[city]", "data.target_columns=[price]", "trainer.max_steps=20",
+        "trainer.val_check_interval=10", "trainer.progress_bar=false", "model.num_layers=1"])
+    result = run(cfg)
+    out = predict_file(next((result.run_dir / "checkpoints").glob("step*.ckpt")), tmp_path / "houses.csv", tmp_path / "p.parquet")
+    assert len(out) == 600 and out["pred_price"].mean() > 1000  # original units (prices), not z-scores
+
+
+def test_cli_errors_for_regression(tmp_path, capsys):
+    assert main(["--config", "configs/regression/csv_tabular.yaml", f"data.path={tmp_path}/missing.csv", f"out_dir={tmp_path}"]) == 1
+    assert "missing.csv' does not exist" in capsys.readouterr().err
+    assert main(["--config", "configs/regression/default.yaml", "data.windw=3"]) == 2
+    assert "data.windw" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_embedded_default_reaches_the_noise_floor_and_beats_linear(tmp_path):
+    cfg = load_any_config("configs/regression/default.yaml", [f"out_dir={tmp_path}", "trainer.progress_bar=false"])
+    result = run(cfg)
+    print(f"test RMSE {result.test['rmse']:.4f} vs noise floor {result.noise_floor} vs linear {result.baseline_test['rmse']:.4f}")
+    assert result.test["rmse"] <= 1.10 * result.noise_floor
+    assert result.test["rmse"] < result.baseline_test["rmse"]
