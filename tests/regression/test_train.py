@@ -60,9 +60,13 @@ def test_cli_errors_for_regression(tmp_path, capsys):
     assert "data.windw" in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_embedded_default_reaches_the_noise_floor_and_beats_linear(tmp_path):
-    cfg = load_any_config("configs/regression/default.yaml", [f"out_dir={tmp_path}", "trainer.progress_bar=false"])
+@pytest.mark.parametrize("attention", [
+    pytest.param(["model.attention.type=mha"], id="mha"),  # ~35 s: in the default suite
+    pytest.param(["model.attention.type=gqa", "model.attention.num_kv_heads=2"], id="gqa", marks=pytest.mark.slow),
+    pytest.param(["model.attention.type=mqa"], id="mqa", marks=pytest.mark.slow),
+])
+def test_embedded_default_reaches_the_noise_floor_and_beats_linear(tmp_path, attention):
+    cfg = load_any_config("configs/regression/default.yaml", [f"out_dir={tmp_path}", "trainer.progress_bar=false", *attention])
     result = run(cfg)
     print(f"test RMSE {result.test['rmse']:.4f} vs noise floor {result.noise_floor} vs linear {result.baseline_test['rmse']:.4f}")
     assert result.test["rmse"] <= 1.10 * result.noise_floor
