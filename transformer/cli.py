@@ -13,6 +13,7 @@ config and tokenizer too) and the loggers' files (``csv/metrics.csv``, ``tensorb
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -37,12 +38,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="train.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", "-c", help="YAML config (default: the embedded default run)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--sweep", nargs="+", metavar="KEY=V1,V2",
+                        help="run the grid of these values; single-valued key=value entries apply to every run")
+    parser.add_argument("--sweep-config", metavar="YAML", help="run a sweep file such as configs/sweeps/attention.yaml")
     parser.add_argument("overrides", nargs="*", help="key.sub=value overrides applied after the YAML")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.sweep or args.sweep_config:
+        return _main_sweep(args)
     try:
         cfg = load_any_config(args.config, args.overrides)
     except ConfigError as err:
@@ -69,6 +75,29 @@ def main(argv: list[str] | None = None) -> int:
     if isinstance(result, RunResult):
         print(f"\nrun directory: {result.run_dir}\nfinal validation loss: {result.val_loss:.4f} "
               f"after {result.steps} steps in {result.wall_time:.1f} s")
+    return 0
+
+
+def _main_sweep(args: argparse.Namespace) -> int:
+    from .sweep import SweepPlan, grid_from_args, plan_from_yaml, run_sweep
+
+    try:
+        if args.sweep_config:
+            plan = plan_from_yaml(args.sweep_config)
+            plan.overrides += args.overrides
+            if args.sweep:
+                raise ConfigError("give either --sweep-config or --sweep, not both")
+        else:
+            # key=v1,v2 is a swept axis; a single key=value after --sweep is an ordinary override for every run
+            axes = [a for a in args.sweep if "," in a.split("=", 1)[-1]]
+            fixed = [a for a in args.sweep if a not in axes]
+            runs = grid_from_args(axes)
+            name = (Path(args.config).stem if args.config else "default") + "-sweep"
+            plan = SweepPlan(name, args.config, list(args.overrides) + fixed, runs, sorted({k for r in runs for k in r}))
+        run_sweep(plan)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -198,7 +227,10 @@ def run(cfg: RunConfig) -> RunResult | None:
         if not trainer.is_global_zero:
             return None
         sample = next((c.last_sample for c in trainer.callbacks if hasattr(c, "last_sample")), None)
-        return RunResult(run_dir, val_loss, trainer.global_step, time.perf_counter() - started, sample)
+        result = RunResult(run_dir, val_loss, trainer.global_step, time.perf_counter() - started, sample)
+        (run_dir / "result.json").write_text(json.dumps({"val_loss": val_loss, "steps": result.steps, "wall_time_s": result.wall_time,
+                                                         "train_time_s": module.elapsed(), "finished": True}, indent=2))
+        return result
     finally:
         if set_env:
             os.environ.pop(RUN_DIR_ENV, None)

@@ -43,16 +43,27 @@ class LanguageModelModule(L.LightningModule):
         self.val_loss_sum, self.val_tokens = SumMetric(), SumMetric()
         self._step_started: float | None = None
         self._logging_step = True
+        self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (restored on resume)
+        self._fit_started = time.perf_counter()
         self.checkpoint_extras: dict = {}
         """Saved into every checkpoint (the resolved run config and the tokenizer), so one file rebuilds the run."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint.update(self.checkpoint_extras)
         checkpoint["rng"] = rng_state()  # dropout etc. continue exactly on resume (data order has its own seed)
+        checkpoint["elapsed_s"] = self.elapsed()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
+        self._elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
+
+    def on_train_start(self) -> None:
+        self._fit_started = time.perf_counter()
+
+    def elapsed(self) -> float:
+        """Wall seconds this run has trained, across resumes (for loss-vs-time comparisons)."""
+        return self._elapsed_before + time.perf_counter() - self._fit_started
 
     def configure_model(self) -> None:
         if self.compile_model and not getattr(self, "_compiled", False):
@@ -129,6 +140,7 @@ class LanguageModelModule(L.LightningModule):
         self.log("val/loss", loss, prog_bar=True, sync_dist=False)  # already a global sum / global count
         self.log("val/ppl", torch.exp(loss.clamp(max=30)), sync_dist=False)
         self.log("val/tokens", count.float(), sync_dist=False)
+        self.log("time/elapsed_s", self.elapsed(), sync_dist=False, rank_zero_only=True)
 
     # ---------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):

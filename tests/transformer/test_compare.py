@@ -1,0 +1,79 @@
+"""Sweeps and the comparison report: a tiny three-type sweep end to end, fairness flags, invalid combinations."""
+
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from transformer.cli import main
+from transformer.compare import report
+from transformer.sweep import SweepPlan, run_sweep
+
+from .training.conftest import tiny_overrides
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    from .training.conftest import PATTERN
+
+    path = tmp_path / "toy.txt"
+    path.write_text(PATTERN * 120)
+    return path
+
+
+def base_overrides(corpus, tmp_path):
+    return tiny_overrides(corpus, tmp_path / "runs", **{"trainer.max_steps": 6, "trainer.val_check_interval": 3,
+                                                        "trainer.limit_val_batches": 2, "sample.max_new_tokens": 0})
+
+
+def test_three_type_sweep_and_report(tmp_path, corpus, capsys):
+    runs = [{"model.attention.type": "mha"}, {"model.attention.type": "gqa", "model.attention.num_kv_heads": 2},
+            {"model.attention.type": "mqa"}, {"model.attention.type": "gqa", "model.attention.num_kv_heads": 3}]
+    experiment = run_sweep(SweepPlan("tiny", None, base_overrides(corpus, tmp_path), runs,
+                                     ["model.attention.num_kv_heads", "model.attention.type"]))
+    out = capsys.readouterr().out
+    assert "skipping type=gqa_num_kv_heads=3" in out and "not divisible by num_kv_heads=3" in out
+    manifest = json.loads((experiment / "sweep.json").read_text())
+    assert [r["status"] for r in manifest["runs"]] == ["skipped", "finished", "finished", "finished"]
+
+    out_dir = report([experiment])
+    table = pd.read_csv(out_dir / "report.csv")
+    assert len(table) == 3 and set(table["attention"]) == {"mha", "gqa", "mqa"}
+    assert not table.drop(columns=["flags"]).isna().any().any()  # every column filled
+    # analytic cache: 2 layers x (k, v) x n_kv x head_dim 8 x 4 bytes
+    expected = {"mha": 2 * 2 * 4 * 8 * 4, "gqa": 2 * 2 * 2 * 8 * 4, "mqa": 2 * 2 * 1 * 8 * 4}
+    for _, row in table.iterrows():
+        assert row["kv_cache_bytes_per_token"] == expected[row["attention"]]
+        assert row["kv_cache_vs_mha"] == expected[row["attention"]] / expected["mha"]
+        assert row["train_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0
+    assert table.loc[table.attention == "mha", "quality_vs_mha"].item() == 1.0
+    assert (table["flags"].isna() | (table["flags"] == "")).all()
+    for name in ("val_loss_vs_step.png", "val_loss_vs_time.png", "kv_cache_vs_loss.png"):
+        assert (out_dir / name).read_bytes()[:8] == PNG and (out_dir / name).stat().st_size > 5000
+    text = (out_dir / "report.md").read_text()
+    assert "| run | attention |" in text and "All runs share every setting" in text
+
+
+def test_unswept_difference_is_flagged_and_failed_run_does_not_stop_the_sweep(tmp_path, corpus, capsys):
+    runs = [{"model.attention.type": "mha", "optim.lr": 0.003}, {"model.attention.type": "mqa", "optim.lr": 0.003},
+            {"model.attention.type": "gqa", "model.attention.num_kv_heads": 2, "optim.lr": 0.001},
+            {"model.attention.type": "mqa", "data.path": str(tmp_path / "missing.txt"), "optim.lr": 0.003}]
+    experiment = run_sweep(SweepPlan("flags", None, base_overrides(corpus, tmp_path), runs,
+                                     ["model.attention.type", "model.attention.num_kv_heads"]))
+    statuses = [r["status"] for r in json.loads((experiment / "sweep.json").read_text())["runs"]]
+    assert statuses == ["finished", "finished", "finished", "failed"]
+    assert "missing.txt' does not exist" in capsys.readouterr().out
+    table = pd.read_csv(report([experiment], measure_decode=False) / "report.csv")
+    flagged = table[table["flags"].fillna("").str.contains("optim.lr")]
+    assert list(flagged["attention"]) == ["gqa"] and math.isnan(table["decode_tokens_per_s"][0])
+
+
+def test_sweep_cli_grid(tmp_path, corpus):
+    code = main(["--sweep", "model.attention.type=mha,mqa", *base_overrides(corpus, tmp_path)])
+    assert code == 0
+    experiments = list((tmp_path / "runs").glob("default-sweep-*"))
+    assert len(experiments) == 1 and len([d for d in experiments[0].iterdir() if d.is_dir()]) == 2
+    assert main(["--sweep-config", str(tmp_path / "nope.yaml")]) == 2

@@ -1,0 +1,273 @@
+"""Compare logged runs: a table (Markdown + CSV) and plots, from an experiment directory or run directories.
+
+    python -m transformer.compare runs/attention-20261122-101500          # a sweep's experiment directory
+    python -m transformer.compare runs/a-2026... runs/b-2026... --out report/
+
+For every run: attention type, heads / KV heads / latent rank, parameters, KV-cache bytes per token
+(analytic, and relative to an MHA cache of the same width), training tokens/s (median of the logged
+values), decode tokens/s with the KV cache (measured here on the run's best checkpoint: batch 1, the
+same prompt and length for every run, greedy, median of 3), best validation loss and perplexity, wall
+time, and the quality ratio to the MHA run (``ppl_MHA / ppl_run``; 1.0 = as good as MHA).
+
+Plots: validation loss vs step and vs wall time; KV-cache bytes vs best validation loss with the
+trade-off frontier. Runs whose configs differ in anything besides the compared (swept) keys are
+flagged, naming the keys, so an unfair comparison is never silent.
+
+Runs are read from ``config.yaml`` + ``csv/metrics.csv`` (+ ``result.json``); a run logged only to
+W&B offline contributes its ``wandb-summary.json`` (final values; no history, so no curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import yaml
+
+from .training.config import flat_dict
+
+IGNORED_PREFIXES = ("name", "out_dir", "logger.", "resume_from", "init_", "sample.", "trainer.progress_bar", "data.cache_dir",
+                    "data.num_workers", "data.num_proc", "trainer.log_every_n_steps")
+ATTENTION_PREFIX = "model.attention."
+
+
+@dataclass
+class Run:
+    path: Path
+    config: dict
+    flat: dict
+    history: pd.DataFrame
+    result: dict = field(default_factory=dict)
+    row: dict = field(default_factory=dict)
+    flags: list[str] = field(default_factory=list)
+
+
+def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
+    """Run directories (holding ``config.yaml``) under the given paths, and the swept keys if a sweep says so."""
+    runs, swept = [], []
+    for p in map(Path, paths):
+        if not p.exists():
+            raise FileNotFoundError(f"{p} does not exist")
+        if (p / "config.yaml").is_file():
+            runs.append(p)
+            continue
+        if (p / "sweep.json").is_file():
+            swept += json.loads((p / "sweep.json").read_text()).get("swept_keys", [])
+        found = sorted(d for d in p.iterdir() if d.is_dir() and (d / "config.yaml").is_file())
+        if not found:
+            raise FileNotFoundError(f"{p} holds no run directories (directories with config.yaml)")
+        runs += found
+    return runs, sorted(set(swept))
+
+
+def load_run(path: Path) -> Run:
+    config = yaml.safe_load((path / "config.yaml").read_text())
+    history = pd.DataFrame()
+    if (path / "csv" / "metrics.csv").is_file():
+        history = pd.read_csv(path / "csv" / "metrics.csv")
+    else:
+        summaries = sorted(path.glob("wandb/*run-*/files/wandb-summary.json"))
+        if summaries:
+            summary = json.loads(summaries[-1].read_text())
+            history = pd.DataFrame([{k: v for k, v in summary.items() if isinstance(v, (int, float))}])
+    result = json.loads((path / "result.json").read_text()) if (path / "result.json").is_file() else {}
+    return Run(path, config, flat_dict(config), history, result)
+
+
+def _best_checkpoint(path: Path) -> Path | None:
+    ckpts = sorted(p for p in (path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt") if (path / "checkpoints").is_dir() else []
+    if ckpts:
+        import re
+
+        def score(p):
+            m = re.search(r"val([0-9.]+)\.ckpt$", p.name) or re.search(r"loss([0-9.]+)\.ckpt$", p.name)
+            return float(m.group(1)) if m else math.inf
+
+        return min(ckpts, key=score)
+    last = path / "checkpoints" / "last.ckpt"
+    return last if last.is_file() else None
+
+
+@torch.inference_mode()
+def decode_tokens_per_second(checkpoint: Path, *, prompt_len: int = 16, new_tokens: int = 64, rounds: int = 3) -> float:
+    from .generation import generate
+    from .training.weights import load_model
+
+    model, _ = load_model(checkpoint)
+    new_tokens = min(new_tokens, model.cfg.max_seq_len - prompt_len)
+    prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    generate(model, prompt, 4, temperature=0)  # warm-up
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        generate(model, prompt, new_tokens, temperature=0)
+        times.append(time.perf_counter() - t0)
+    return new_tokens / statistics.median(times)
+
+
+def _model_figures(config: dict) -> dict:
+    """Parameters and analytic KV-cache bytes per token, from the config alone (meta device: no memory)."""
+    from .config import ModelConfig
+    from .transformer_model import build_model
+
+    cfg = ModelConfig.from_dict(config["model"])
+    with torch.device("meta"):
+        model = build_model(cfg)
+    attn = (model.decoder if hasattr(model, "decoder") else model.encoder).blocks[0].attn
+    layers = len((model.decoder if hasattr(model, "decoder") else model.encoder).blocks)
+    mha_bytes = 2 * layers * cfg.num_heads * attn.head_dim * 4
+    return {"parameters": model.num_parameters(), "kv_bytes": model.kv_cache_bytes_per_token(torch.float32),
+            "kv_vs_mha": model.kv_cache_bytes_per_token(torch.float32) / mha_bytes,
+            "kv_heads": getattr(attn, "num_kv_heads", cfg.num_heads), "latent": getattr(attn, "kv_lora_rank", None)}
+
+
+def fairness_flags(runs: list[Run], swept: list[str]) -> None:
+    """Flag, per run, every non-compared config key whose value differs from the majority of the runs."""
+    keys = set().union(*(r.flat for r in runs))
+    for key in sorted(keys):
+        if key.startswith(IGNORED_PREFIXES) or key in swept or (not swept and key.startswith(ATTENTION_PREFIX)):
+            continue
+        values = [json.dumps(r.flat.get(key), sort_keys=True) for r in runs]
+        if len(set(values)) < 2:
+            continue
+        majority, _ = Counter(values).most_common(1)[0]
+        for run, value in zip(runs, values):
+            if value != majority:
+                run.flags.append(f"{key}={json.loads(value)!r} (others: {json.loads(majority)!r})")
+
+
+def build_rows(runs: list[Run], *, measure_decode: bool = True) -> None:
+    for run in runs:
+        att = run.config["model"]["attention"]
+        figures = _model_figures(run.config)
+        h = run.history
+        val = h[["step", "val/loss"]].dropna() if "val/loss" in h else pd.DataFrame()
+        best = float(val["val/loss"].min()) if len(val) else float(run.result.get("val_loss", math.nan))
+        tps = h["train/tokens_per_sec"].dropna() if "train/tokens_per_sec" in h else pd.Series(dtype=float)
+        ckpt = _best_checkpoint(run.path)
+        decode = decode_tokens_per_second(ckpt) if (measure_decode and ckpt is not None) else math.nan
+        if ckpt is None:
+            run.flags.append("no checkpoint: decode speed not measured")
+        wall = run.result.get("wall_time_s")
+        if wall is None and "time/elapsed_s" in h:
+            wall = float(h["time/elapsed_s"].dropna().max())
+        run.row = {
+            "run": run.path.name, "attention": att["type"], "heads": run.config["model"]["num_heads"],
+            "kv_heads": figures["kv_heads"] if att["type"] != "mla" else "-", "latent_rank": figures["latent"] or "-",
+            "parameters": figures["parameters"], "kv_cache_bytes_per_token": figures["kv_bytes"],
+            "kv_cache_vs_mha": round(figures["kv_vs_mha"], 4), "train_tokens_per_s": round(float(tps.median()), 1) if len(tps) else math.nan,
+            "decode_tokens_per_s": round(decode, 1), "best_val_loss": round(best, 4), "best_val_ppl": round(math.exp(min(best, 30)), 3),
+            "wall_time_s": round(float(wall), 1) if wall is not None else math.nan,
+        }
+    mha = [r for r in runs if r.row["attention"] == "mha"]
+    for run in runs:
+        run.row["quality_vs_mha"] = round(math.exp(mha[0].row["best_val_loss"] - run.row["best_val_loss"]), 4) if mha else math.nan
+        run.row["flags"] = "; ".join(run.flags)
+
+
+def write_plots(runs: list[Run], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    for x_key, name, xlabel in (("step", "val_loss_vs_step.png", "optimizer step"),
+                                ("time/elapsed_s", "val_loss_vs_time.png", "training wall time (s)")):
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for run in runs:
+            h = run.history
+            if "val/loss" in h and x_key in h:
+                points = h[[x_key, "val/loss"]].dropna()
+                ax.plot(points[x_key], points["val/loss"], marker="o", markersize=3, label=run.path.name)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        fig.savefig(out / name, dpi=120)
+        plt.close(fig)
+        paths.append(out / name)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    points = sorted((r.row["kv_cache_bytes_per_token"], r.row["best_val_loss"], r.path.name) for r in runs)
+    for x, y, label in points:
+        ax.scatter(x, y)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    frontier, best = [], math.inf
+    for x, y, _ in points:  # cheapest cache first: a run is on the frontier if it beats every cheaper one
+        if y < best:
+            frontier.append((x, y))
+            best = y
+    ax.plot(*zip(*frontier), linestyle="--", color="gray", label="frontier (no cheaper run is better)")
+    ax.set_xscale("log")
+    ax.set_xlabel("KV-cache bytes per token (fp32, all layers)")
+    ax.set_ylabel("best validation loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(out / "kv_cache_vs_loss.png", dpi=120)
+    plt.close(fig)
+    paths.append(out / "kv_cache_vs_loss.png")
+    return paths
+
+
+def markdown_table(table: pd.DataFrame) -> str:
+    fmt = lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
+    head = "| " + " | ".join(table.columns) + " |"
+    rule = "|" + "|".join("---" if table[c].dtype == object else "---:" for c in table.columns) + "|"
+    rows = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join([head, rule, *rows])
+
+
+def report(paths: list[str | Path], out: str | Path | None = None, *, measure_decode: bool = True) -> Path:
+    run_dirs, swept = find_runs(paths)
+    runs = [load_run(p) for p in run_dirs]
+    out = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "config.yaml").is_file()
+                                 else Path(paths[0]).parent) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    fairness_flags(runs, swept)
+    build_rows(runs, measure_decode=measure_decode)
+    table = pd.DataFrame([r.row for r in runs])
+    table.to_csv(out / "report.csv", index=False)
+    plots = write_plots(runs, out)
+    lines = [f"# Attention comparison ({len(runs)} runs)", "", "Compared keys: " + (", ".join(swept) or "model.attention.*"), "",
+             markdown_table(table), "",
+             "- kv_cache_vs_mha: cache bytes relative to an MHA cache of the same width (2 · layers · heads · head_dim · 4 B).",
+             "- decode_tokens_per_s: batch 1, 16-token prompt, 64 new tokens, greedy, KV cache, median of 3 (measured by this report).",
+             "- quality_vs_mha: ppl(MHA) / ppl(run), from the best validation losses.", ""]
+    flagged = [r for r in runs if r.flags]
+    lines += ["## Fairness", ""] + ([f"- **{r.path.name}** differs: {'; '.join(r.flags)}" for r in flagged] or
+                                    ["All runs share every setting except the compared keys."]) + [""]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m transformer.compare", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("paths", nargs="+", help="an experiment directory (a sweep's) or run directories")
+    parser.add_argument("--out", help="where to write report.md / report.csv / *.png (default: <experiment>/report)")
+    parser.add_argument("--no-decode", action="store_true", help="skip measuring decode speed")
+    args = parser.parse_args(argv)
+    try:
+        out = report(args.paths, args.out, measure_decode=not args.no_decode)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print((out / "report.md").read_text())
+    print(f"report written to {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
