@@ -122,7 +122,8 @@ class AttentionLayer(nn.Module):
             need_weights=need_weights,
         )
         if result.dispatch != self.last_dispatch:
-            log.debug("%s(backend=%s) dispatched to %s", type(self).__name__, self.backend, result.dispatch)
+            if not torch.compiler.is_compiling():  # a logger call inside a compiled graph is a graph break
+                log.debug("%s(backend=%s) dispatched to %s", type(self).__name__, self.backend, result.dispatch)
             self.last_dispatch = result.dispatch
         out = self.out_proj(result.output.transpose(1, 2).reshape(b, s, -1))  # [b, s, h*d_v] -> [b, s, D]
         return (out, result.weights) if need_weights else out

@@ -18,7 +18,6 @@ Shapes: b batch, h heads, q query length, k key length.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any, Callable
 
 import torch
@@ -74,18 +73,16 @@ class AttentionMask:
         return cls(q_len, kv_len, q_offset, causal, window, key_padding, torch.device(device or "cpu"))
 
     # ------------------------------------------------------------------ predicates
-    @cached_property
-    def causal_active(self) -> bool:
+    def __post_init__(self) -> None:
+        # Plain attributes, not functools.cached_property: its lock is opaque to torch.compile (graph breaks).
+        self.causal_active = self.causal and self.q_offset < self.kv_len - 1
         """False when causality excludes nothing (e.g. one query after all cached keys)."""
-        return self.causal and self.q_offset < self.kv_len - 1
-
-    @cached_property
-    def window_active(self) -> bool:
         if self.window is None:
-            return False
-        if self.causal:  # the largest query-key distance is that of the last query to key 0
-            return self.q_offset + self.q_len - 1 >= self.window
-        return max(self.q_offset + self.q_len - 1, self.kv_len - 1 - self.q_offset) >= self.window
+            self.window_active = False
+        elif self.causal:  # the largest query-key distance is that of the last query to key 0
+            self.window_active = self.q_offset + self.q_len - 1 >= self.window
+        else:
+            self.window_active = max(self.q_offset + self.q_len - 1, self.kv_len - 1 - self.q_offset) >= self.window
 
     @property
     def is_empty(self) -> bool:
@@ -119,9 +116,17 @@ class AttentionMask:
         return mod
 
     # ------------------------------------------------------------------ materialised forms
-    @cached_property
+    def _memoised(self, key: str, compute):
+        if key not in self.memo:
+            self.memo[key] = compute()
+        return self.memo[key]
+
+    @property
     def dense(self) -> Tensor | None:
         """``[b|1, 1, q, k]`` bool, True = may attend; None when nothing is masked."""
+        return self._memoised("dense", self._dense)
+
+    def _dense(self) -> Tensor | None:
         if self.is_empty:
             return None
         q_pos = torch.arange(self.q_offset, self.q_offset + self.q_len, device=self.device)[:, None]  # [q, 1]
@@ -137,23 +142,29 @@ class AttentionMask:
             allowed = allowed & self.key_padding[:, None, None, :]  # [b, 1, q, k]
         return allowed
 
-    @cached_property
+    @property
     def rows_with_keys(self) -> Tensor | None:
         """``[b|1, 1, q, 1]`` bool: queries that may attend to at least one key; None if all may.
 
         Causal and window masks always keep a query's own position, so only padding can empty a row.
         """
+        return self._memoised("rows_with_keys", self._rows_with_keys)
+
+    def _rows_with_keys(self) -> Tensor | None:
         if self.key_padding is None:
             return None
         rows = self.dense.any(dim=-1, keepdim=True)
         return None if bool(rows.all()) else rows
 
-    @cached_property
+    @property
     def kernel_mask(self) -> Tensor | None:
         """``dense`` with fully masked rows opened up, so no kernel sees an all ``-inf`` row (NaN).
 
         Outputs of those rows are zeroed afterwards with :attr:`rows_with_keys`.
         """
+        return self._memoised("kernel_mask", self._kernel_mask)
+
+    def _kernel_mask(self) -> Tensor | None:
         if self.dense is None or self.rows_with_keys is None:
             return self.dense
         return self.dense | ~self.rows_with_keys
