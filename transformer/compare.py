@@ -51,6 +51,13 @@ class Run:
     flags: list[str] = field(default_factory=list)
 
 
+def run_label(path: Path) -> str:
+    """A run directory's name without its ``-YYYYmmdd-HHMMSS`` suffix (the sweep label)."""
+    import re
+
+    return re.sub(r"-\d{8}-\d{6}(-\d+)?$", "", path.name)
+
+
 def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
     """Run directories (holding ``config.yaml``) under the given paths, and the swept keys if a sweep says so."""
     runs, swept = [], []
@@ -161,7 +168,7 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True) -> None:
         if wall is None and "time/elapsed_s" in h:
             wall = float(h["time/elapsed_s"].dropna().max())
         run.row = {
-            "run": run.path.name, "attention": att["type"], "heads": run.config["model"]["num_heads"],
+            "run": run_label(run.path), "attention": att["type"], "heads": run.config["model"]["num_heads"],
             "kv_heads": figures["kv_heads"] if att["type"] != "mla" else "-", "latent_rank": figures["latent"] or "-",
             "parameters": figures["parameters"], "kv_cache_bytes_per_token": figures["kv_bytes"],
             "kv_cache_vs_mha": round(figures["kv_vs_mha"], 4), "train_tokens_per_s": round(float(tps.median()), 1) if len(tps) else math.nan,
@@ -188,7 +195,7 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
             h = run.history
             if "val/loss" in h and x_key in h:
                 points = h[[x_key, "val/loss"]].dropna()
-                ax.plot(points[x_key], points["val/loss"], marker="o", markersize=3, label=run.path.name)
+                ax.plot(points[x_key], points["val/loss"], marker="o", markersize=3, label=run_label(run.path))
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)
@@ -198,7 +205,7 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
         plt.close(fig)
         paths.append(out / name)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = sorted((r.row["kv_cache_bytes_per_token"], r.row["best_val_loss"], r.path.name) for r in runs)
+    points = sorted((r.row["kv_cache_bytes_per_token"], r.row["best_val_loss"], run_label(r.path)) for r in runs)
     for x, y, label in points:
         ax.scatter(x, y)
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
@@ -223,7 +230,7 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
 def markdown_table(table: pd.DataFrame) -> str:
     fmt = lambda v: "" if isinstance(v, float) and math.isnan(v) else f"{v:,}" if isinstance(v, int) and not isinstance(v, bool) else str(v)
     head = "| " + " | ".join(table.columns) + " |"
-    rule = "|" + "|".join("---" if table[c].dtype == object else "---:" for c in table.columns) + "|"
+    rule = "|" + "|".join("---:" if pd.api.types.is_numeric_dtype(table[c]) else "---" for c in table.columns) + "|"
     rows = ["| " + " | ".join(fmt(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join([head, rule, *rows])
 
@@ -245,7 +252,7 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
              "- decode_tokens_per_s: batch 1, 16-token prompt, 64 new tokens, greedy, KV cache, median of 3 (measured by this report).",
              "- quality_vs_mha: ppl(MHA) / ppl(run), from the best validation losses.", ""]
     flagged = [r for r in runs if r.flags]
-    lines += ["## Fairness", ""] + ([f"- **{r.path.name}** differs: {'; '.join(r.flags)}" for r in flagged] or
+    lines += ["## Fairness", ""] + ([f"- **{run_label(r.path)}** differs: {'; '.join(r.flags)}" for r in flagged] or
                                     ["All runs share every setting except the compared keys."]) + [""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")

@@ -63,15 +63,16 @@ class GroupQueryAttention(AttentionLayer):
         b, s, _ = x.shape
         h, n_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x).view(b, s, h + 2 * n_kv, d)  # heads [q... | k... | v...]
-        qk = qkv[:, :, : h + n_kv]  # [b, s, h + n_kv, d]
+        # split, not slicing: a slice's backward writes zeros into a full-size gradient, split's is one cat
+        qk, v = qkv.split([h + n_kv, n_kv], dim=2)  # [b, s, h + n_kv, d], [b, s, n_kv, d]
         if self.q_norm is not None:
-            qk = torch.cat((self.q_norm(qk[:, :, :h]), self.k_norm(qk[:, :, h:])), dim=2)
+            q, k = qk.split([h, n_kv], dim=2)
+            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
         if rope is not None:  # one rotation for queries and keys together, in [b, s, heads, d] layout
             cos, sin = (t[:, None] if t.dim() == 2 else t.transpose(1, 2) for t in rope)  # [s, 1, r] | [b, s, 1, r]
             qk = apply_rotary(qk, cos, sin)
-        q = qk[:, :, :h].transpose(1, 2)  # [b, h, s, d]
-        k = qk[:, :, h:].transpose(1, 2)  # [b, n_kv, s, d]
-        v = qkv[:, :, h + n_kv :].transpose(1, 2)  # [b, n_kv, s, d]
+        q, k = (t.transpose(1, 2) for t in qk.split([h, n_kv], dim=2))  # [b, h, s, d], [b, n_kv, s, d]
+        v = v.transpose(1, 2)  # [b, n_kv, s, d]
         if cache is not None:
             k, v = cache.update(k, v)  # [b, n_kv, L, d]
         return q, k, v

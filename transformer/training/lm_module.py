@@ -43,8 +43,11 @@ class LanguageModelModule(L.LightningModule):
         self.val_loss_sum, self.val_tokens = SumMetric(), SumMetric()
         self._step_started: float | None = None
         self._logging_step = True
-        self._elapsed_before = 0.0  # training seconds of earlier sessions of this run (restored on resume)
+        self._elapsed_before = 0.0  # wall seconds of earlier sessions of this run (restored on resume)
+        self._train_before = 0.0  # the same without validation
         self._fit_started = time.perf_counter()
+        self._val_seconds = 0.0  # validation time in this session
+        self._val_started = self._fit_started
         self.checkpoint_extras: dict = {}
         """Saved into every checkpoint (the resolved run config and the tokenizer), so one file rebuilds the run."""
 
@@ -52,11 +55,13 @@ class LanguageModelModule(L.LightningModule):
         checkpoint.update(self.checkpoint_extras)
         checkpoint["rng"] = rng_state()  # dropout etc. continue exactly on resume (data order has its own seed)
         checkpoint["elapsed_s"] = self.elapsed()
+        checkpoint["train_s"] = self.train_seconds()
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         if "rng" in checkpoint:
             set_rng_state(checkpoint["rng"])
         self._elapsed_before = float(checkpoint.get("elapsed_s", 0.0))
+        self._train_before = float(checkpoint.get("train_s", 0.0))
 
     def on_train_start(self) -> None:
         self._fit_started = time.perf_counter()
@@ -64,6 +69,17 @@ class LanguageModelModule(L.LightningModule):
     def elapsed(self) -> float:
         """Wall seconds this run has trained, across resumes (for loss-vs-time comparisons)."""
         return self._elapsed_before + time.perf_counter() - self._fit_started
+
+    def train_seconds(self) -> float:
+        """Like :meth:`elapsed` but without time spent validating (time-to-quality comparisons)."""
+        now = self._val_started if self.trainer.validating or self.trainer.sanity_checking else time.perf_counter()
+        return self._train_before + now - self._fit_started - self._val_seconds
+
+    def on_validation_start(self) -> None:
+        self._val_started = time.perf_counter()
+
+    def on_validation_end(self) -> None:
+        self._val_seconds += time.perf_counter() - self._val_started
 
     def configure_model(self) -> None:
         if self.compile_model and not getattr(self, "_compiled", False):
@@ -141,6 +157,7 @@ class LanguageModelModule(L.LightningModule):
         self.log("val/ppl", torch.exp(loss.clamp(max=30)), sync_dist=False)
         self.log("val/tokens", count.float(), sync_dist=False)
         self.log("time/elapsed_s", self.elapsed(), sync_dist=False, rank_zero_only=True)
+        self.log("time/train_s", self.train_seconds(), sync_dist=False, rank_zero_only=True)
 
     # ---------------------------------------------------------------------------- optimiser
     def configure_optimizers(self):
