@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attention import available_attention_types
-from .attention.config import AttentionConfig
+from .attention.config import AttentionConfig, check_known_keys
 
 MODEL_KINDS = ("lm", "encoder", "encoder_decoder")
 NORMS = ("layernorm", "rmsnorm")
@@ -161,16 +161,7 @@ class ModelConfig:
     def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
         """Build from a plain dict (e.g. a checkpoint's), naming unknown keys with a suggestion."""
         data = dict(data)
-        _check_keys(data, cls, "model")
+        check_known_keys(data, cls, what="config key", prefix="model.")
         attention = dict(data.pop("attention", {}) or {})
-        _check_keys(attention, ModelAttentionConfig, "model.attention")
+        check_known_keys(attention, ModelAttentionConfig, what="config key", prefix="model.attention.")
         return cls(**data, attention=ModelAttentionConfig(**attention))
-
-
-def _check_keys(data: dict[str, Any], schema: type, path: str) -> None:
-    known = {f.name for f in dataclasses.fields(schema)}
-    for key in data:
-        if key not in known:
-            close = difflib.get_close_matches(key, sorted(known), n=1)
-            hint = f"; did you mean {path}.{close[0]}?" if close else ""
-            raise ValueError(f"unknown config key {path}.{key}{hint}")

@@ -99,12 +99,7 @@ class AttentionConfig:
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "AttentionConfig":
         """Build from keyword options, naming any unknown option and the closest known one."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in options:
-            if key not in known:
-                close = difflib.get_close_matches(key, sorted(known), n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"unknown attention option {key!r}{hint} (known: {', '.join(sorted(known))})")
+        check_known_keys(options, cls, what="attention option")
         return cls(**options)
 
     def resolve_heads(self, embed_dim: int, num_heads: int) -> tuple[int, int]:
@@ -130,6 +125,16 @@ class AttentionConfig:
 
     def output_init_std(self) -> float:
         return self.init_std / math.sqrt(2 * self.num_layers)
+
+
+def check_known_keys(keys, schema: type, *, what: str, prefix: str = "") -> None:
+    """``ValueError`` naming the first of ``keys`` that the dataclass ``schema`` lacks, with the closest known name."""
+    known = sorted(f.name for f in dataclasses.fields(schema))
+    for key in keys:
+        if key not in known:
+            close = difflib.get_close_matches(key, known, n=1)
+            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
+            raise ValueError(f"unknown {what} {prefix}{key}{hint} (known: {', '.join(known)})")
 
 
 def merge_alias(options: dict[str, Any], alias: str, canonical: str, value: Any, default: Any) -> None:

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from transformer.cli import main
+from transformer.cli import load_any_config, main
 from transformer.training.config import ConfigError, RunConfig, flat_dict, load_config
 
 CONFIGS = sorted(Path(__file__).resolve().parents[3].joinpath("configs").rglob("*.yaml"))
@@ -18,10 +18,18 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates_and_names_its_command(path):
-    cfg = load_config(path) if "sweeps" not in path.parts else None
-    if cfg is not None:
-        assert isinstance(cfg, RunConfig)
-        assert cfg.data.block_size <= cfg.model.max_seq_len
+    if "sweeps" in path.parts:  # a sweep file: every run it describes must validate
+        from transformer.sweep import plan_from_yaml
+
+        plan = plan_from_yaml(path)
+        for settings in plan.runs:
+            load_any_config(plan.base_config, plan.overrides + [f"{k}={v}" for k, v in settings.items()])
+    else:
+        cfg = load_any_config(str(path), [])
+        if isinstance(cfg, RunConfig):
+            assert cfg.data.block_size <= cfg.model.max_seq_len
+        else:
+            assert cfg.task == "regression"
     first = path.read_text().splitlines()[0]
     assert first.startswith("# python "), f"{path} must open with the command that runs it"
 
