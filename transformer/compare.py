@@ -92,11 +92,11 @@ def load_run(path: Path) -> Run:
 
 def _best_checkpoint(path: Path) -> Path | None:
     ckpts = sorted(p for p in (path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt") if (path / "checkpoints").is_dir() else []
-    if ckpts:
+    if ckpts:  # ModelCheckpoint names them step<N>-<metric><value>.ckpt (loss for LMs, rmse for regression)
         import re
 
         def score(p):
-            m = re.search(r"val([0-9.]+)\.ckpt$", p.name) or re.search(r"loss([0-9.]+)\.ckpt$", p.name)
+            m = re.search(r"-(?:loss|rmse)([0-9.]+)\.ckpt$", p.name)
             return float(m.group(1)) if m else math.inf
 
         return min(ckpts, key=score)

@@ -86,8 +86,7 @@ def load_model(source: str | Path) -> tuple[nn.Module, str | None]:
     if cfg is None:
         raise CheckpointError(f"{source} carries no model config; it cannot rebuild a model on its own")
     model = build_model(cfg)
-    report = load_weights(model, state, strict=True)
-    assert report.clean
+    load_weights(model, state, strict=True)  # raises CheckpointError on any mismatch
     return model.eval(), tokenizer
 
 
