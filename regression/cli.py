@@ -61,7 +61,7 @@ def run(cfg: RegressionRunConfig) -> RegressionResult | None:
 
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    resume = resolve_resume(cfg)
+    resume, _ = resolve_resume(cfg)
     run_dir, shared = resolve_run_dir(cfg, resume)
     run_dir.mkdir(parents=True, exist_ok=shared)
     rank = int(os.environ.get("RANK", "0"))

@@ -120,12 +120,13 @@ def load_any_config(path: str | None, overrides: list[str]):
     return load_config(path, [o for o in overrides if not o.startswith("task=")])
 
 
-def resolve_resume(cfg: RunConfig) -> Path | None:
-    """The checkpoint ``resume_from`` points at (``auto``: the newest run of this name), validated."""
+def resolve_resume(cfg: RunConfig) -> tuple[Path | None, dict]:
+    """The checkpoint ``resume_from`` points at (``auto``: the newest run of this name), validated, and the
+    run config saved in it (read once here; Lightning reads the file again to restore the state)."""
     from .training.checkpoint_io import find_latest_run, read_checkpoint
 
     if not cfg.resume_from:
-        return None
+        return None, {}
     if cfg.resume_from == "auto":
         run_dir = find_latest_run(cfg.out_dir, cfg.name)
         if run_dir is None:
@@ -133,8 +134,8 @@ def resolve_resume(cfg: RunConfig) -> Path | None:
         path = run_dir / "checkpoints" / "last.ckpt"
     else:
         path = Path(cfg.resume_from)
-    read_checkpoint(path)  # one-line error for missing / corrupt / foreign files, before any work
-    return path
+    saved = read_checkpoint(path)  # one-line error for missing / corrupt / foreign files, before any work
+    return path, saved.get("run_config", {})
 
 
 def resolve_run_dir(cfg: RunConfig, resume: Path | None = None) -> tuple[Path, bool]:
@@ -169,12 +170,12 @@ def run(cfg: RunConfig) -> RunResult | None:
     from .training.lm_module import LanguageModelModule
     from .training.trainer import build_trainer
 
-    from .training.checkpoint_io import model_config_differences, read_checkpoint
+    from .training.checkpoint_io import model_config_differences
     from .training.weights import load_weights
 
     started = time.perf_counter()
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    resume = resolve_resume(cfg)
+    resume, saved = resolve_resume(cfg)
     run_dir, shared = resolve_run_dir(cfg, resume)
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
     run_dir.mkdir(parents=True, exist_ok=shared)
@@ -192,7 +193,6 @@ def run(cfg: RunConfig) -> RunResult | None:
         tokenizer = corpus.tokenizer()
         config_dict = to_container(cfg)
         if resume is not None:
-            saved = read_checkpoint(resume).get("run_config", {})
             diffs = model_config_differences(saved.get("model", {}), config_dict["model"])
             if diffs:
                 raise ValueError(f"cannot resume from {resume}: the model differs from the checkpoint's — {'; '.join(diffs)}")

@@ -17,7 +17,7 @@ import os
 import sys
 from pathlib import Path
 
-from .training.checkpoint_io import CheckpointError, read_checkpoint
+from .training.checkpoint_io import CheckpointError, atomic_write_text, read_checkpoint
 from .training.weights import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_model
 
 
@@ -38,8 +38,7 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool =
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / EXPORT_WEIGHTS)
     for name, text in files.items():
-        (out / f".{name}.tmp").write_text(text)
-        os.replace(out / f".{name}.tmp", out / name)
+        atomic_write_text(out / name, text)
     if hf:
         from .interop import export_hf
 

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from ..training.checkpoint_io import atomic_write_text
 from ..transformer_model import build_model
 
 SUPPORTED = ("llama", "mistral", "qwen2", "gpt2", "bert")
@@ -344,11 +345,8 @@ def export_hf(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = Fa
         parts = tensor.split(list(rule.split), dim=0) if rule.split else (tensor,)
         for key, part in zip(rule.hf_keys, parts):
             tensors[key] = part.contiguous().clone()
-    for name, content in (("model.safetensors", None), ("config.json", _hf_config_dict(cfg, family))):
-        tmp = directory / f".{name}.tmp"
-        if content is None:
-            save_file(tensors, str(tmp), metadata={"format": "pt"})
-        else:
-            tmp.write_text(json.dumps(content, indent=2))
-        os.replace(tmp, directory / name)
+    tmp = directory / ".model.safetensors.tmp"
+    save_file(tensors, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, directory / "model.safetensors")
+    atomic_write_text(directory / "config.json", json.dumps(_hf_config_dict(cfg, family), indent=2))
     return directory

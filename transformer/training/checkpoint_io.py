@@ -52,6 +52,18 @@ def atomic_save(obj: Any, path: Path) -> None:
         os.close(dir_fd)
 
 
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` under a temporary name in the same directory, then rename: never a half-written file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def read_checkpoint(path, *, map_location="cpu") -> dict[str, Any]:
     """``torch.load`` with one-line errors for missing, empty, truncated, corrupt or foreign files."""
     path = Path(path)

@@ -10,7 +10,6 @@ ranks as sums — never a mean of per-rank means.
 
 from __future__ import annotations
 
-import math
 import time
 
 import lightning as L
@@ -164,7 +163,3 @@ class LanguageModelModule(L.LightningModule):
         optimizer = build_optimizer(self.model, self.optim_cfg)
         scheduler = build_scheduler(optimizer, self.optim_cfg, self.optim_cfg.decay_steps or self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-
-def perplexity(loss: float) -> float:
-    return math.exp(min(loss, 30.0))

@@ -10,7 +10,7 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 
 from ..layers import TransformerBlock
 from .callbacks import SaveOnInterrupt
-from .checkpoint_io import AtomicCheckpointIO
+from .checkpoint_io import AtomicCheckpointIO, atomic_write_text
 from .config import RunConfig
 
 
@@ -29,9 +29,7 @@ class AppendingCSVLogger(L.pytorch.loggers.CSVLogger):
         previous = Path(path).read_text() if os.path.isfile(path) else None
         writer = super().experiment
         if previous is not None and isinstance(getattr(writer, "metrics_file_path", None), str):  # rank 0's real writer
-            tmp = writer.metrics_file_path + ".tmp"
-            Path(tmp).write_text(previous)
-            os.replace(tmp, writer.metrics_file_path)
+            atomic_write_text(Path(writer.metrics_file_path), previous)
             header = previous.splitlines()[0].split(",") if previous else []
             writer.metrics_keys = sorted(k for k in header if k)
         return writer
