@@ -17,6 +17,7 @@ from transformer.training.config import (
     TrainerConfig,
     _choice,
     _positive,
+    check_fused_optimizer,
 )
 
 SCALINGS = ("standard", "minmax", "none")
@@ -137,6 +138,7 @@ class RegressionRunConfig:
     def __post_init__(self) -> None:
         if self.task != "regression":
             raise ValueError(f"task={self.task!r}: this schema is for task: regression")
+        check_fused_optimizer(self.optim, self.trainer.precision)
         if self.model.kind != "encoder":
             raise ValueError(f"model.kind={self.model.kind!r}: regression models use an encoder (model.kind: encoder)")
         if self.data.kind == "sequence" and self.data.window + (self.model.pooling == "cls") > self.model.max_seq_len:

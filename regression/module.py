@@ -132,7 +132,7 @@ class RegressionModule(L.LightningModule):
         return self.original_units(self.model(x, cats))
 
     def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optim_cfg)
+        optimizer = build_optimizer(self.model, self.optim_cfg, str(self._trainer.precision) if self._trainer else "32-true")
         scheduler = build_scheduler(optimizer, self.optim_cfg, self.optim_cfg.decay_steps or self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 

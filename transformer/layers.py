@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .attention import AttentionMask, KVCache, get_attention, sinusoidal_table
 from .config import ModelConfig
+from .fused_ops import RMSNorm, swiglu
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -26,7 +27,7 @@ _ACTIVATIONS = {
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
+        return RMSNorm(cfg.embed_dim, eps=cfg.norm_eps)
     return nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps, bias=cfg.bias)
 
 
@@ -52,8 +53,7 @@ class FeedForward(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.w_in(x)
         if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            h = self.act(gate) * up
+            h = swiglu(h)  # silu(gate) * up
         else:
             h = self.act(h)
         return self.w_out(h)

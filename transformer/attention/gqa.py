@@ -23,10 +23,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..fused_ops import RMSNorm
 from .base import AttentionLayer, Rope
 from .config import AttentionConfig, merge_alias
 from .kv_cache import KVCache
-from .positional import apply_rotary
+from .positional import apply_rotary, rotary_qkv
 
 
 class GroupQueryAttention(AttentionLayer):
@@ -52,8 +53,8 @@ class GroupQueryAttention(AttentionLayer):
         qkv_bias = config.bias if config.qkv_bias is None else config.qkv_bias
         self.qkv_proj = nn.Linear(embed_dim, self.q_size + 2 * self.kv_size, bias=qkv_bias)  # [q | k | v]
         self.out_proj = nn.Linear(h * d, embed_dim, bias=config.bias)
-        self.q_norm = nn.RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
-        self.k_norm = nn.RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
+        self.q_norm = RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, eps=config.norm_eps) if config.qk_norm else None
         self._make_rotary(d, config.rope_fraction)
         self.reset_parameters()
 
@@ -63,15 +64,18 @@ class GroupQueryAttention(AttentionLayer):
         b, s, _ = x.shape
         h, n_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         qkv = self.qkv_proj(x).view(b, s, h + 2 * n_kv, d)  # heads [q... | k... | v...]
-        # split, not slicing: a slice's backward writes zeros into a full-size gradient, split's is one cat
-        qk, v = qkv.split([h + n_kv, n_kv], dim=2)  # [b, s, h + n_kv, d], [b, s, n_kv, d]
-        if self.q_norm is not None:
-            q, k = qk.split([h, n_kv], dim=2)
-            qk = torch.cat((self.q_norm(q), self.k_norm(k)), dim=2)
-        if rope is not None:  # one rotation for queries and keys together, in [b, s, heads, d] layout
-            cos, sin = (t[:, None] if t.dim() == 2 else t.transpose(1, 2) for t in rope)  # [s, 1, r] | [b, s, 1, r]
-            qk = apply_rotary(qk, cos, sin)
-        q, k = (t.transpose(1, 2) for t in qk.split([h, n_kv], dim=2))  # [b, h, s, d], [b, n_kv, s, d]
+        if rope is not None:  # [s, 1, r] | [b, s, 1, r]: broadcast over heads in [b, s, heads, d] layout
+            rope = tuple(t[:, None] if t.dim() == 2 else t.transpose(1, 2) for t in rope)
+        if rope is not None and self.q_norm is None:
+            q, k, v = rotary_qkv(qkv, *rope, h, n_kv)  # split and rotation in one autograd node
+        else:
+            # split, not slicing: a slice's backward writes zeros into a full-size gradient, split's is one cat
+            q, k, v = qkv.split([h, n_kv, n_kv], dim=2)  # [b, s, heads, d]
+            if self.q_norm is not None:
+                q, k = self.q_norm(q), self.k_norm(k)
+            if rope is not None:
+                q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)  # [b, h, s, d], [b, n_kv, s, d]
         v = v.transpose(1, 2)  # [b, n_kv, s, d]
         if cache is not None:
             k, v = cache.update(k, v)  # [b, n_kv, L, d]

@@ -26,6 +26,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..fused_ops import RMSNorm
 from .base import AttentionLayer, Rope
 from .config import AttentionConfig
 from .kv_cache import KVCache
@@ -72,12 +73,12 @@ class MultiHeadLatentAttention(AttentionLayer):
         qk_dim = d + self.rope_head_dim
         if self.q_lora_rank:
             self.q_down = nn.Linear(embed_dim, self.q_lora_rank, bias=config.bias)
-            self.q_norm = nn.RMSNorm(self.q_lora_rank, eps=config.norm_eps)
+            self.q_norm = RMSNorm(self.q_lora_rank, eps=config.norm_eps)
             self.q_up = nn.Linear(self.q_lora_rank, h * qk_dim, bias=False)
         else:
             self.q_proj = nn.Linear(embed_dim, h * qk_dim, bias=config.bias)
         self.kv_down = nn.Linear(embed_dim, self.kv_lora_rank + self.rope_head_dim, bias=config.bias)  # [c_kv | k_rope]
-        self.kv_norm = nn.RMSNorm(self.kv_lora_rank, eps=config.norm_eps)
+        self.kv_norm = RMSNorm(self.kv_lora_rank, eps=config.norm_eps)
         self.kv_up = nn.Linear(self.kv_lora_rank, h * (d + self.v_head_dim), bias=False)  # [k_nope | v] per head
         self.out_proj = nn.Linear(h * self.v_head_dim, embed_dim, bias=config.bias)
         self._make_rotary(self.rope_head_dim, 1.0)

@@ -72,21 +72,106 @@ class RotaryEmbedding(nn.Module):
         return self(torch.arange(start, start + length, device=device))
 
 
-def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotate the first ``r`` dims of ``x`` (``[..., s, heads?, d]``) by the angles of ``cos``/``sin`` (``[..., r]``,
-    broadcastable). Computed in fp32 and cast back, so bf16 activations keep the rotation's precision.
+def _rotate_into(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor, direction: float) -> None:
+    """``out = rotate(x)`` in the rotate-half layout: pairs ``(x_i, x_{i+r/2})`` for ``i < r/2`` turn by the
+    angles whose ``cos``/``sin`` are ``[..., r/2]`` (broadcastable); dims ``>= r`` are copied. ``direction``
+    -1 turns backwards (the rotation's transpose, i.e. its gradient).
 
-    ``rotate_half(x) * sin`` is ``[-x2 * sin, x1 * sin]``: one ``flip`` of the two halves times ``[-sin, sin]``
-    (fewer kernels than chunk + neg + cat, which matters at small sizes).
+    Four kernels on half-width views, writing into ``out`` directly: no ``cat``, no ``flip`` copy.
+    fp16 / bf16 tensors are rotated in fp32 and rounded once.
     """
-    rot = cos.shape[-1]
-    x_rot = x if rot == x.shape[-1] else x[..., :rot]
-    x32 = x_rot.float()  # no-op for fp32 inputs
-    half = sin.shape[-1] // 2
-    sign = torch.tensor([-1.0, 1.0], dtype=sin.dtype, device=sin.device)[:, None]  # [2, 1]
-    swapped = (x32.unflatten(-1, (2, half)).flip(-2) * (sin.unflatten(-1, (2, half)) * sign)).flatten(-2)
-    rotated = (x32 * cos + swapped).to(x.dtype)
-    return rotated if rot == x.shape[-1] else torch.cat((rotated, x[..., rot:]), dim=-1)
+    if out.dtype in (torch.float16, torch.bfloat16):
+        wide = torch.empty(out.shape, dtype=torch.float32, device=out.device)
+        _rotate_into(wide, x.float(), cos, sin, direction)
+        out.copy_(wide)
+        return
+    half = cos.shape[-1]
+    x1, x2, o1, o2 = x[..., :half], x[..., half:2 * half], out[..., :half], out[..., half:2 * half]
+    torch.mul(x1, cos, out=o1).addcmul_(x2, sin, value=-direction)  # x1 cos - x2 sin
+    torch.mul(x2, cos, out=o2).addcmul_(x1, sin, value=direction)  # x2 cos + x1 sin
+    if 2 * half < x.shape[-1]:
+        out[..., 2 * half:].copy_(x[..., 2 * half:])
+
+
+def _rotated(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """The same rotation as plain differentiable ops, for ``torch.compile`` (which does not trace ``out=``
+    into strided views, and fuses these ops into one kernel itself)."""
+    half = cos.shape[-1]
+    x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
+    x32 = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x1, x2)]
+    out = torch.cat((x32[0] * cos - x32[1] * sin, x32[1] * cos + x32[0] * sin), dim=-1).to(x.dtype)
+    return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
+
+
+def _half_tables(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
+    """RotaryEmbedding's ``[..., r]`` tables repeat one ``[..., r/2]`` half; the kernels need that half."""
+    half = cos.shape[-1] // 2
+    return cos[..., :half], sin[..., :half]
+
+
+class _Rotary(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+        _rotate_into(out, x, cos, sin, 1.0)
+        ctx.save_for_backward(cos, sin)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        cos, sin = ctx.saved_tensors
+        grad_x = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
+        _rotate_into(grad_x, grad, cos, sin, -1.0)
+        return grad_x, None, None
+
+
+class _RotaryQKV(torch.autograd.Function):
+    """``qkv [b, s, hq + 2 hkv, d] -> q [b, s, hq, d], k [b, s, hkv, d], v [b, s, hkv, d]`` with q and k
+    rotated. The backward writes the three gradients straight into one ``qkv``-shaped buffer, where
+    ``split`` + rotation + ``split`` under autograd would concatenate twice."""
+
+    @staticmethod
+    def forward(ctx, qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int):
+        rotated = torch.empty((*qkv.shape[:2], num_q + num_kv, qkv.shape[3]), dtype=qkv.dtype, device=qkv.device)
+        _rotate_into(rotated, qkv[:, :, : num_q + num_kv], cos, sin, 1.0)
+        ctx.save_for_backward(cos, sin)
+        ctx.num_q, ctx.num_kv = num_q, num_kv
+        q, k = rotated.split([num_q, num_kv], dim=2)
+        return q, k, qkv[:, :, num_q + num_kv:]
+
+    @staticmethod
+    def backward(ctx, grad_q: Tensor | None, grad_k: Tensor | None, grad_v: Tensor | None):
+        cos, sin = ctx.saved_tensors
+        nq, nkv = ctx.num_q, ctx.num_kv
+        ref = next(g for g in (grad_q, grad_k, grad_v) if g is not None)
+        grad = torch.empty((*ref.shape[:2], nq + 2 * nkv, ref.shape[3]), dtype=ref.dtype, device=ref.device)
+        for g, part, rotate in ((grad_q, grad[:, :, :nq], True), (grad_k, grad[:, :, nq:nq + nkv], True),
+                                (grad_v, grad[:, :, nq + nkv:], False)):
+            if g is None:
+                part.zero_()
+            elif rotate:
+                _rotate_into(part, g, cos, sin, -1.0)
+            else:
+                part.copy_(g)
+        return grad, None, None, None, None
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate the first ``r`` dims of ``x`` (``[..., s, heads?, d]``) by the angles of ``cos``/``sin``
+    (``[..., r]`` as :class:`RotaryEmbedding` returns them, both halves equal; broadcastable)."""
+    if torch.compiler.is_compiling():
+        return _rotated(x, *_half_tables(cos, sin))
+    return _Rotary.apply(x, *_half_tables(cos, sin))
+
+
+def rotary_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int) -> tuple[Tensor, Tensor, Tensor]:
+    """Split a fused projection ``[b, s, num_q + 2 num_kv, d]`` into ``q, k, v`` (``[b, s, heads, d]``) and
+    rotate q and k. ``cos``/``sin``: ``[s, 1, r]`` or ``[b, s, 1, r]``."""
+    if torch.compiler.is_compiling():
+        qk, v = qkv.split([num_q + num_kv, num_kv], dim=2)
+        q, k = _rotated(qk, *_half_tables(cos, sin)).split([num_q, num_kv], dim=2)
+        return q, k, v
+    return _RotaryQKV.apply(qkv, *_half_tables(cos, sin), num_q, num_kv)
 
 
 # --------------------------------------------------------------------------------------- ALiBi

@@ -111,7 +111,10 @@ class OptimConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm (0 = off)."""
     fused: bool | None = None
-    """Fused AdamW kernel (``None``: on when training on CUDA)."""
+    """Fused AdamW kernel, one kernel per parameter instead of ~10 (``None``: on when the parameters are on
+    CPU or CUDA, where torch has it, unless Lightning's mixed-precision plugin clips gradients, which it
+    refuses to do for fused optimizers). 4.5x faster than the loop implementation for a 0.8 M-parameter
+    model on CPU (``bench/step_throughput.py``)."""
 
     def __post_init__(self) -> None:
         _choice("optim.schedule", self.schedule, SCHEDULES)
@@ -231,6 +234,7 @@ class RunConfig:
     def __post_init__(self) -> None:
         if self.task != "lm":
             raise ValueError(f"task={self.task!r}: this schema is for task: lm")
+        check_fused_optimizer(self.optim, self.trainer.precision)
         if self.resume_from and self.init_from:
             raise ValueError("resume_from and init_from are exclusive: resume continues a run, init_from starts a new one")
         if self.data.block_size > self.model.max_seq_len:
@@ -301,6 +305,20 @@ def flat_dict(cfg: RunConfig | dict, prefix: str = "") -> dict[str, Any]:
         else:
             flat[name] = value
     return flat
+
+
+def amp_clips_gradients(optim: OptimConfig, precision: str) -> bool:
+    """Whether Lightning's mixed-precision plugin will clip gradients; it refuses to for fused optimizers."""
+    return str(precision) in ("16-mixed", "bf16-mixed") and optim.grad_clip > 0
+
+
+def check_fused_optimizer(optim: OptimConfig, precision: str) -> None:
+    if optim.fused and amp_clips_gradients(optim, precision):
+        raise ValueError(
+            f"optim.fused=true cannot be combined with optim.grad_clip={optim.grad_clip} under trainer.precision={precision}: "
+            "Lightning's mixed-precision plugin does not clip the gradients of a fused optimizer. "
+            "Set optim.grad_clip=0 or leave optim.fused unset (it then turns itself off here)"
+        )
 
 
 def _choice(key: str, value: str, allowed: Sequence[str]) -> None:

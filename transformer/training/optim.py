@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from .config import OptimConfig
+from .config import OptimConfig, amp_clips_gradients, check_fused_optimizer
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
@@ -22,9 +22,12 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    on_cuda = next(model.parameters()).is_cuda
-    fused = on_cuda if cfg.fused is None else cfg.fused
+def build_optimizer(model: nn.Module, cfg: OptimConfig, precision: str = "32-true") -> torch.optim.Optimizer:
+    """AdamW over :func:`param_groups`; ``precision`` is the trainer's (it decides whether fused can be used)."""
+    check_fused_optimizer(cfg, precision)
+    fused = cfg.fused
+    if fused is None:  # torch's fused AdamW covers CPU and CUDA tensors
+        fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters()) and not amp_clips_gradients(cfg, precision)
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
                              eps=cfg.eps, fused=fused or None)
 

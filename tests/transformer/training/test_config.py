@@ -58,6 +58,7 @@ def test_overrides_and_interpolation():
         (["trainer.precision=bf16"], r"trainer\.precision='bf16'.*did you mean 'bf16-true'"),
         (["data.block_size=4096"], r"data\.block_size=4096 exceeds model\.max_seq_len=128"),
         (["trainer.max_steps"], r"key\.sub=value"),
+        (["optim.fused=true", "trainer.precision=bf16-mixed"], r"optim\.fused=true cannot be combined with optim\.grad_clip=1\.0"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
@@ -77,3 +78,17 @@ def test_cli_print_config_and_errors(capsys):
     assert main(["model.embed_dims=3"]) == 2
     err = capsys.readouterr().err
     assert "model.embed_dims" in err and "embed_dim" in err
+
+
+def test_fused_adamw_default_follows_device_and_precision():
+    import torch
+
+    from transformer.training.optim import build_optimizer
+
+    cfg = load_config(None, ["optim.grad_clip=1.0"])
+    model = torch.nn.Linear(4, 4)
+    assert build_optimizer(model, cfg.optim).defaults["fused"]  # CPU tensors have the fused kernel
+    # Lightning's mixed-precision plugin refuses to clip a fused optimizer's gradients: fall back, do not fail
+    assert not build_optimizer(model, cfg.optim, "bf16-mixed").defaults["fused"]
+    no_clip = load_config(None, ["optim.grad_clip=0", "optim.fused=true", "trainer.precision=bf16-mixed"])
+    assert build_optimizer(model, no_clip.optim, "bf16-mixed").defaults["fused"]
