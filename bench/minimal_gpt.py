@@ -51,8 +51,8 @@ class MinimalGPT(nn.Module):
         return logits, loss
 
 
-def adamw(model: nn.Module, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.99)) -> torch.optim.AdamW:
+def adamw(model: nn.Module, lr: float, weight_decay: float = 0.1, betas=(0.9, 0.99), fused: bool = False) -> torch.optim.AdamW:
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=betas)
+                             lr=lr, betas=betas, fused=fused or None)

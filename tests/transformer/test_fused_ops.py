@@ -104,3 +104,20 @@ def test_compiled_and_eager_paths_agree():
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(qkv, h)
     for a, b in zip(eager, compiled):
         torch.testing.assert_close(a, b)
+
+
+def test_inference_paths_match_training_paths():
+    """Without autograd the same kernels run without setting up a node (decoding speed)."""
+    torch.manual_seed(0)
+    d = 8
+    cos, sin = RotaryEmbedding(d).for_range(0, 5)
+    c, s = cos[:, None], sin[:, None]
+    qkv = torch.randn(2, 5, 6, d, requires_grad=True)
+    h = torch.randn(2, 5, 12, requires_grad=True)
+    norm = RMSNorm(d)
+    train = (*rotary_qkv(qkv, c, s, 2, 2), apply_rotary(qkv, c, s), swiglu(h), norm(qkv))
+    with torch.no_grad():
+        infer = (*rotary_qkv(qkv, c, s, 2, 2), apply_rotary(qkv, c, s), swiglu(h), norm(qkv))
+    assert all(t.grad_fn is not None for t in train) and all(t.grad_fn is None for t in infer)
+    for a, b in zip(train, infer):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)

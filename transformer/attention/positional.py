@@ -109,20 +109,28 @@ def _half_tables(cos: Tensor, sin: Tensor) -> tuple[Tensor, Tensor]:
     return cos[..., :half], sin[..., :half]
 
 
+def _rotate(x: Tensor, cos: Tensor, sin: Tensor, direction: float = 1.0) -> Tensor:
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    _rotate_into(out, x, cos, sin, direction)
+    return out
+
+
+def _rotate_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int) -> tuple[Tensor, Tensor, Tensor]:
+    qk = _rotate(qkv[:, :, : num_q + num_kv], cos, sin)
+    q, k = qk.split([num_q, num_kv], dim=2)
+    return q, k, qkv[:, :, num_q + num_kv:]
+
+
 class _Rotary(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
-        _rotate_into(out, x, cos, sin, 1.0)
         ctx.save_for_backward(cos, sin)
-        return out
+        return _rotate(x, cos, sin)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
         cos, sin = ctx.saved_tensors
-        grad_x = torch.empty(grad.shape, dtype=grad.dtype, device=grad.device)
-        _rotate_into(grad_x, grad, cos, sin, -1.0)
-        return grad_x, None, None
+        return _rotate(grad, cos, sin, -1.0), None, None
 
 
 class _RotaryQKV(torch.autograd.Function):
@@ -132,12 +140,9 @@ class _RotaryQKV(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int):
-        rotated = torch.empty((*qkv.shape[:2], num_q + num_kv, qkv.shape[3]), dtype=qkv.dtype, device=qkv.device)
-        _rotate_into(rotated, qkv[:, :, : num_q + num_kv], cos, sin, 1.0)
         ctx.save_for_backward(cos, sin)
         ctx.num_q, ctx.num_kv = num_q, num_kv
-        q, k = rotated.split([num_q, num_kv], dim=2)
-        return q, k, qkv[:, :, num_q + num_kv:]
+        return _rotate_qkv(qkv, cos, sin, num_q, num_kv)
 
     @staticmethod
     def backward(ctx, grad_q: Tensor | None, grad_k: Tensor | None, grad_v: Tensor | None):
@@ -161,6 +166,8 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     (``[..., r]`` as :class:`RotaryEmbedding` returns them, both halves equal; broadcastable)."""
     if torch.compiler.is_compiling():
         return _rotated(x, *_half_tables(cos, sin))
+    if not (x.requires_grad and torch.is_grad_enabled()):  # inference: no autograd node to set up
+        return _rotate(x, *_half_tables(cos, sin))
     return _Rotary.apply(x, *_half_tables(cos, sin))
 
 
@@ -171,6 +178,8 @@ def rotary_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int) -
         qk, v = qkv.split([num_q + num_kv, num_kv], dim=2)
         q, k = _rotated(qk, *_half_tables(cos, sin)).split([num_q, num_kv], dim=2)
         return q, k, v
+    if not (qkv.requires_grad and torch.is_grad_enabled()):
+        return _rotate_qkv(qkv, *_half_tables(cos, sin), num_q, num_kv)
     return _RotaryQKV.apply(qkv, *_half_tables(cos, sin), num_q, num_kv)
 
 
