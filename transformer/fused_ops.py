@@ -4,8 +4,9 @@ Why: at small and medium sizes an eager training step is bound by the number of 
 not by their arithmetic. PyTorch's CPU ``rms_norm`` is a composite of ~20 kernels forward + backward,
 and ``silu(gate) * up`` over a fused ``[gate | up]`` projection ends its backward with a full-size
 ``cat``. The functions here compute the same values with the fewest kernels we could find and write
-gradients straight into their final buffers. Under ``torch.compile`` the plain composite ops run instead:
-dynamo does not trace ``out=`` into strided views, and inductor fuses the plain ops itself. Low-precision inputs are computed in fp32 and cast back.
+gradients straight into their final buffers. They run for eager training only: under ``torch.compile`` the
+plain composite ops run instead (dynamo does not trace ``out=`` into strided views, and inductor fuses the
+plain ops itself), and without autograd the plain ops are as fast. Low-precision inputs are computed in fp32 and cast back.
 
 Tests (``tests/transformer/test_fused_ops.py``) compare values and gradients with the composite ops.
 """
@@ -22,23 +23,24 @@ def _wide(t: Tensor) -> Tensor:
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
-def _rms_norm(x: Tensor, weight: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
-    """``(y, xhat, rstd)``: ``y = xhat * w``, ``xhat = x * rstd``, ``rstd = rsqrt(mean(x^2) + eps)`` ``[..., 1]``."""
-    x32 = _wide(x)
-    sumsq = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_()  # [..., 1]
-    rstd = sumsq.div_(x.shape[-1]).add_(eps).rsqrt_()  # [..., 1]
-    xhat = x32 * rstd  # [..., D]
-    return (xhat * weight).to(x.dtype), xhat, rstd
+def use_fused_autograd(*tensors: Tensor) -> bool:
+    """Use a hand-fused function: an autograd node is needed and torch.compile is not tracing. Otherwise
+    the plain ops are as fast or faster (inference at decode sizes is bound by Python calls, not kernels)."""
+    return (torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+            and not torch.compiler.is_compiling())
 
 
 class _RMSNormFunction(torch.autograd.Function):
-    """RMSNorm over the last dim: 3 full-size kernels forward (norm, two products), 6 backward."""
+    """``y = x * rsqrt(mean(x^2) + eps) * w`` over the last dim: 3 full-size kernels forward, 6 backward."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        y, xhat, rstd = _rms_norm(x, weight, eps)
+        x32 = _wide(x)
+        sumsq = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_()  # [..., 1]
+        rstd = sumsq.div_(x.shape[-1]).add_(eps).rsqrt_()  # [..., 1]
+        xhat = x32 * rstd  # [..., D]
         ctx.save_for_backward(xhat, rstd, weight)
-        return y
+        return (xhat * weight).to(x.dtype)
 
     @staticmethod
     def backward(ctx, grad: Tensor):
@@ -57,12 +59,10 @@ class RMSNorm(nn.RMSNorm):
     """``nn.RMSNorm`` (same parameters and state-dict keys) computed by one fused autograd function."""
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.weight is None or len(self.normalized_shape) != 1 or torch.compiler.is_compiling():
+        if self.weight is None or len(self.normalized_shape) != 1 or not use_fused_autograd(x, self.weight):
             return super().forward(x)
         eps = torch.finfo(x.dtype).eps if self.eps is None else self.eps
-        if torch.is_grad_enabled() and (x.requires_grad or self.weight.requires_grad):
-            return _RMSNormFunction.apply(x, self.weight, eps)
-        return _rms_norm(x, self.weight, eps)[0]  # inference: no autograd node to set up
+        return _RMSNormFunction.apply(x, self.weight, eps)
 
 
 class _SwiGLUFunction(torch.autograd.Function):
@@ -89,7 +89,7 @@ class _SwiGLUFunction(torch.autograd.Function):
 
 def swiglu(h: Tensor) -> Tensor:
     """``[..., 2F] -> [..., F]``: ``silu(gate) * up`` of a fused ``[gate | up]`` projection."""
-    if torch.compiler.is_compiling() or not (h.requires_grad and torch.is_grad_enabled()):
+    if not use_fused_autograd(h):
         gate, up = h.chunk(2, dim=-1)
         return F.silu(gate) * up
     return _SwiGLUFunction.apply(h)

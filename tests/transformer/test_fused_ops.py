@@ -107,7 +107,7 @@ def test_compiled_and_eager_paths_agree():
 
 
 def test_inference_paths_match_training_paths():
-    """Without autograd the same kernels run without setting up a node (decoding speed)."""
+    """Without autograd the plain ops run (no node to set up; fewest calls at decode sizes): same values."""
     torch.manual_seed(0)
     d = 8
     cos, sin = RotaryEmbedding(d).for_range(0, 5)
@@ -120,4 +120,4 @@ def test_inference_paths_match_training_paths():
         infer = (*rotary_qkv(qkv, c, s, 2, 2), apply_rotary(qkv, c, s), swiglu(h), norm(qkv))
     assert all(t.grad_fn is not None for t in train) and all(t.grad_fn is None for t in infer)
     for a, b in zip(train, infer):
-        torch.testing.assert_close(a, b, rtol=0, atol=0)
+        torch.testing.assert_close(a, b)

@@ -14,6 +14,8 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ..fused_ops import use_fused_autograd
+
 
 # ---------------------------------------------------------------------------------------- RoPE
 class RotaryEmbedding(nn.Module):
@@ -94,8 +96,9 @@ def _rotate_into(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor, direction: fl
 
 
 def _rotated(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """The same rotation as plain differentiable ops, for ``torch.compile`` (which does not trace ``out=``
-    into strided views, and fuses these ops into one kernel itself)."""
+    """The same rotation as plain differentiable ops: for ``torch.compile`` (which does not trace ``out=``
+    into strided views, and fuses these ops into one kernel itself) and for inference (no autograd node;
+    fewest Python calls at decode sizes)."""
     half = cos.shape[-1]
     x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
     x32 = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x1, x2)]
@@ -113,12 +116,6 @@ def _rotate(x: Tensor, cos: Tensor, sin: Tensor, direction: float = 1.0) -> Tens
     out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
     _rotate_into(out, x, cos, sin, direction)
     return out
-
-
-def _rotate_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int) -> tuple[Tensor, Tensor, Tensor]:
-    qk = _rotate(qkv[:, :, : num_q + num_kv], cos, sin)
-    q, k = qk.split([num_q, num_kv], dim=2)
-    return q, k, qkv[:, :, num_q + num_kv:]
 
 
 class _Rotary(torch.autograd.Function):
@@ -142,7 +139,8 @@ class _RotaryQKV(torch.autograd.Function):
     def forward(ctx, qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int):
         ctx.save_for_backward(cos, sin)
         ctx.num_q, ctx.num_kv = num_q, num_kv
-        return _rotate_qkv(qkv, cos, sin, num_q, num_kv)
+        q, k = _rotate(qkv[:, :, : num_q + num_kv], cos, sin).split([num_q, num_kv], dim=2)
+        return q, k, qkv[:, :, num_q + num_kv:]
 
     @staticmethod
     def backward(ctx, grad_q: Tensor | None, grad_k: Tensor | None, grad_v: Tensor | None):
@@ -164,22 +162,18 @@ class _RotaryQKV(torch.autograd.Function):
 def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotate the first ``r`` dims of ``x`` (``[..., s, heads?, d]``) by the angles of ``cos``/``sin``
     (``[..., r]`` as :class:`RotaryEmbedding` returns them, both halves equal; broadcastable)."""
-    if torch.compiler.is_compiling():
+    if not use_fused_autograd(x):
         return _rotated(x, *_half_tables(cos, sin))
-    if not (x.requires_grad and torch.is_grad_enabled()):  # inference: no autograd node to set up
-        return _rotate(x, *_half_tables(cos, sin))
     return _Rotary.apply(x, *_half_tables(cos, sin))
 
 
 def rotary_qkv(qkv: Tensor, cos: Tensor, sin: Tensor, num_q: int, num_kv: int) -> tuple[Tensor, Tensor, Tensor]:
     """Split a fused projection ``[b, s, num_q + 2 num_kv, d]`` into ``q, k, v`` (``[b, s, heads, d]``) and
     rotate q and k. ``cos``/``sin``: ``[s, 1, r]`` or ``[b, s, 1, r]``."""
-    if torch.compiler.is_compiling():
+    if not use_fused_autograd(qkv):
         qk, v = qkv.split([num_q + num_kv, num_kv], dim=2)
         q, k = _rotated(qk, *_half_tables(cos, sin)).split([num_q, num_kv], dim=2)
         return q, k, v
-    if not (qkv.requires_grad and torch.is_grad_enabled()):
-        return _rotate_qkv(qkv, *_half_tables(cos, sin), num_q, num_kv)
     return _RotaryQKV.apply(qkv, *_half_tables(cos, sin), num_q, num_kv)
 
 
