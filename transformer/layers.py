@@ -15,7 +15,7 @@ from torch import Tensor, nn
 
 from .attention import AttentionMask, KVCache, get_attention, sinusoidal_table
 from .config import ModelConfig
-from .fused_ops import RMSNorm, swiglu
+from .fused_ops import RMSNorm, swiglu_mlp
 
 _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -51,12 +51,9 @@ class FeedForward(nn.Module):
                     nn.init.zeros_(linear.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        h = self.w_in(x)
         if self.gated:
-            h = swiglu(h)  # silu(gate) * up
-        else:
-            h = self.act(h)
-        return self.w_out(h)
+            return swiglu_mlp(x, self.w_in, self.w_out)
+        return self.w_out(self.act(self.w_in(x)))
 
 
 class MixtureOfExperts(nn.Module):

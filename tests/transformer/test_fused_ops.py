@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from transformer.attention.positional import RotaryEmbedding, apply_rotary, rotary_qkv
-from transformer.fused_ops import RMSNorm, swiglu
+from transformer.fused_ops import RMSNorm, swiglu_mlp
+from transformer.layers import FeedForward
 
 
 def _rotate_half_reference(x, cos, sin):
@@ -42,13 +43,38 @@ def test_rmsnorm_bf16_is_computed_in_fp32():
     torch.testing.assert_close(y.float(), F.rms_norm(x.bfloat16().float(), (64,), norm.weight, 1e-6), atol=1e-2, rtol=1e-2)
 
 
-def test_swiglu_matches_composite_and_gradcheck():
+def _plain_swiglu_mlp(x, ff):
+    gate, up = ff.w_in(x).chunk(2, dim=-1)
+    return ff.w_out(F.silu(gate) * up)
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_swiglu_mlp_matches_composite_and_gradcheck(bias):
     torch.manual_seed(0)
-    h = torch.randn(2, 3, 10, dtype=torch.float64, requires_grad=True)
-    gate, up = h.chunk(2, dim=-1)
-    ref = F.silu(gate) * up
-    torch.testing.assert_close(swiglu(h), ref)
-    assert torch.autograd.gradcheck(swiglu, (h,))
+    ff = FeedForward(6, 5, "swiglu", bias=bias).double()
+    if bias:
+        with torch.no_grad():
+            ff.w_in.bias.normal_(), ff.w_out.bias.normal_()
+    x = torch.randn(2, 3, 6, dtype=torch.float64, requires_grad=True)
+    params = [x, *ff.parameters()]
+    g = torch.randn(2, 3, 6, dtype=torch.float64)
+    y = ff(x)
+    assert y.grad_fn is not None and "SwiGLUMLP" in type(y.grad_fn).__name__  # the fused node ran
+    grads = torch.autograd.grad(y, params, g)
+    y_ref = _plain_swiglu_mlp(x, ff)
+    grads_ref = torch.autograd.grad(y_ref, params, g)
+    torch.testing.assert_close(y, y_ref)
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b)
+    assert torch.autograd.gradcheck(lambda x, *p: swiglu_mlp(x, ff.w_in, ff.w_out), (x, *ff.parameters()))
+
+
+def test_swiglu_mlp_frozen_weights_get_no_gradient():
+    ff = FeedForward(8, 6, "swiglu", bias=False)
+    ff.w_in.weight.requires_grad_(False)
+    x = torch.randn(4, 8, requires_grad=True)
+    ff(x).sum().backward()
+    assert ff.w_in.weight.grad is None and ff.w_out.weight.grad is not None and x.grad is not None
 
 
 @pytest.mark.parametrize("fraction", [1.0, 0.5])
@@ -93,12 +119,12 @@ def test_compiled_and_eager_paths_agree():
     cos, sin = RotaryEmbedding(d).for_range(0, 6)
     c, s = cos[:, None], sin[:, None]
     qkv = torch.randn(2, 6, 6, d)
-    h = torch.randn(2, 6, 12)
-    norm = RMSNorm(d)
+    h = torch.randn(2, 6, 8)
+    norm, ff = RMSNorm(d), FeedForward(8, 6, "swiglu", bias=False)
 
     def f(qkv, h):
         q, k, v = rotary_qkv(qkv, c, s, 2, 2)
-        return q, k, v, swiglu(h), norm(qkv)
+        return q, k, v, ff(h), norm(qkv)
 
     eager = f(qkv, h)
     compiled = torch.compile(f, backend="aot_eager", fullgraph=True)(qkv, h)
@@ -113,11 +139,11 @@ def test_inference_paths_match_training_paths():
     cos, sin = RotaryEmbedding(d).for_range(0, 5)
     c, s = cos[:, None], sin[:, None]
     qkv = torch.randn(2, 5, 6, d, requires_grad=True)
-    h = torch.randn(2, 5, 12, requires_grad=True)
-    norm = RMSNorm(d)
-    train = (*rotary_qkv(qkv, c, s, 2, 2), apply_rotary(qkv, c, s), swiglu(h), norm(qkv))
+    h = torch.randn(2, 5, 8, requires_grad=True)
+    norm, ff = RMSNorm(d), FeedForward(8, 6, "swiglu", bias=False)
+    train = (*rotary_qkv(qkv, c, s, 2, 2), apply_rotary(qkv, c, s), ff(h), norm(qkv))
     with torch.no_grad():
-        infer = (*rotary_qkv(qkv, c, s, 2, 2), apply_rotary(qkv, c, s), swiglu(h), norm(qkv))
+        infer = (*rotary_qkv(qkv, c, s, 2, 2), apply_rotary(qkv, c, s), ff(h), norm(qkv))
     assert all(t.grad_fn is not None for t in train) and all(t.grad_fn is None for t in infer)
     for a, b in zip(train, infer):
         torch.testing.assert_close(a, b)
