@@ -14,6 +14,8 @@ random batches, each with the optimizer it is used with:
   minimal-gpt2+fused   the same with fused AdamW: the architecture-only comparison
   hf-llama             transformers' LlamaForCausalLM with the same config, fused AdamW (the default
                        optimizer of transformers' Trainer with torch >= 2.8)
+  kernel-floor         only the step's matmuls and SDPA calls (same shapes, forward + backward): a lower
+                       bound for any implementation; hf-llama / kernel-floor caps any speed-up over hf-llama
 Rounds interleave the variants (order rotated); medians of per-step time over each round's steps.
 Targets: toolkit-llama at least as fast as minimal-gpt2, and >= 1.25x hf-llama.
 """
@@ -74,9 +76,36 @@ def gpt_model():
     return MinimalGPT(V, D, H, L, T), lambda m, x, y: m(x, y)[1]
 
 
+def floor_step():
+    """The step's unavoidable kernels alone: every matmul of the Llama-shaped model (each Linear's forward and
+    its two backward products, the tied head) and causal SDPA forward + backward per layer, on random data.
+    No model step can be faster than this; ``hf-llama / kernel-floor`` bounds any speed-up over hf-llama."""
+    model, _ = toolkit_model()
+    n = B * T
+    mats = []
+    for lin in [m for m in model.modules() if isinstance(m, torch.nn.Linear)]:
+        out_f, in_f = lin.weight.shape
+        w, x, g = lin.weight.detach().clone(), torch.randn(n, in_f), torch.randn(n, out_f)
+        mats.append((w, x, g))
+    head_dim = D // H
+    qkv = [torch.randn(B, H, T, head_dim, requires_grad=True) for _ in range(3)]
+    grad_out = torch.randn(B, H, T, head_dim)
+
+    def step(x_ids, y_ids):
+        for w, x, g in mats:
+            torch.mm(x, w.t()), torch.mm(g, w), torch.mm(g.t(), x)
+        for _ in range(L):
+            out = torch.nn.functional.scaled_dot_product_attention(*qkv, is_causal=True)
+            torch.autograd.grad(out, qkv, grad_out)
+
+    return step, 0
+
+
 def make_step(factory, compile_: bool, optimizer: str):
     """``optimizer``: ``toolkit`` (build_optimizer), ``plain`` or ``fused`` torch AdamW, all lr 1e-3, beta2 0.99, wd 0.1."""
     torch.manual_seed(0)
+    if factory is floor_step:
+        return floor_step()
     model, loss_fn = factory()
     model.train()
     if optimizer == "toolkit":
@@ -113,7 +142,7 @@ def main() -> None:
     print("|---|---|---:|---:|---:|---:|---:|---:|")
     for compiled in modes:
         plan = [("toolkit-llama", toolkit_model, "toolkit"), ("minimal-gpt2", gpt_model, "plain"),
-                ("minimal-gpt2+fused", gpt_model, "fused"), ("hf-llama", hf_model, "fused")]
+                ("minimal-gpt2+fused", gpt_model, "fused"), ("hf-llama", hf_model, "fused"), ("kernel-floor", floor_step, "")]
         if args.ablation:
             plan = [(n, functools.partial(toolkit_model, **a), "fused") for n, a in ABLATION.items()]
             plan += [("minimal-gpt2", gpt_model, "plain"), ("minimal-gpt2+fused", gpt_model, "fused"), ("hf-llama", hf_model, "fused")]
@@ -132,7 +161,8 @@ def main() -> None:
                 times[name].append((time.perf_counter() - t0) / len(batches))
         med = {n: statistics.median(t) for n, t in times.items()}
         for name in names:
-            print(f"| {'compiled' if compiled else 'eager'} | {name} | {variants[name][1]:,} | {med[name] * 1e3:.2f} | "
+            params = f"{variants[name][1]:,}" if variants[name][1] else "-"
+            print(f"| {'compiled' if compiled else 'eager'} | {name} | {params} | {med[name] * 1e3:.2f} | "
                   f"{B * T / med[name]:,.0f} | {med['minimal-gpt2'] / med[name]:.2f}x | {med['minimal-gpt2+fused'] / med[name]:.2f}x | "
                   f"{med['hf-llama'] / med[name]:.2f}x |")
         sys.stdout.flush()
