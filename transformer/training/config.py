@@ -149,6 +149,9 @@ class TrainerConfig:
     """``torch.compile`` the model before training."""
     deterministic: bool = False
     """Ask torch for deterministic kernels (slower; CPU runs are deterministic regardless)."""
+    tf32: bool = True
+    """fp32 matmuls and convolutions on TF32 tensor cores (Ampere+ GPUs; ~8x the fp32 rate with a 10-bit
+    mantissa; torch's ``float32_matmul_precision('high')``). ``false`` keeps full fp32. No effect on CPU."""
     peak_flops: float | None = None
     """Peak FLOP/s of one device, for the MFU metric (``None``: looked up for known GPUs, else no MFU)."""
     progress_bar: bool = True

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
 
 from ..layers import TransformerBlock
@@ -81,6 +82,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = ()
     """The Trainer for a run (language model or regression: ``cfg`` needs trainer / logger / checkpoint / optim
     sections); checkpoints keep the best ``save_top_k`` by ``monitor`` (lower is better) plus ``last.ckpt``."""
     t = cfg.trainer
+    torch.set_float32_matmul_precision("high" if t.tf32 else "highest")  # TF32 tensor cores for fp32 work on GPU
     metric = monitor.split("/")[-1]
     callbacks = [
         ModelCheckpoint(dirpath=str(run_dir / "checkpoints"), filename=f"step{{step:07d}}-{metric}{{{monitor}:.4f}}",

@@ -92,3 +92,18 @@ def test_fused_adamw_default_follows_device_and_precision():
     assert not build_optimizer(model, cfg.optim, "bf16-mixed").defaults["fused"]
     no_clip = load_config(None, ["optim.grad_clip=0", "optim.fused=true", "trainer.precision=bf16-mixed"])
     assert build_optimizer(model, no_clip.optim, "bf16-mixed").defaults["fused"]
+
+
+def test_tf32_setting_follows_config(tmp_path):
+    import torch
+
+    from transformer.training.trainer import build_trainer
+
+    before = torch.get_float32_matmul_precision()
+    try:
+        build_trainer(load_config(None, ["trainer.tf32=false", "trainer.progress_bar=false", "logger.csv=false"]), tmp_path)
+        assert torch.get_float32_matmul_precision() == "highest"
+        build_trainer(load_config(None, ["trainer.progress_bar=false", "logger.csv=false"]), tmp_path)
+        assert torch.get_float32_matmul_precision() == "high"  # TF32 tensor cores on GPUs that have them
+    finally:
+        torch.set_float32_matmul_precision(before)
