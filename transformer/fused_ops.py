@@ -112,5 +112,10 @@ def swiglu_mlp(x: Tensor, w_in: nn.Linear, w_out: nn.Linear) -> Tensor:
     """``[..., D] -> [..., D]``: ``w_out(silu(gate) * up)`` where ``w_in`` projects to ``[gate | up]``."""
     if use_fused_autograd(x, w_in.weight, w_out.weight) and not torch.is_autocast_enabled(x.device.type):
         return _SwiGLUMLPFunction.apply(x, w_in.weight, w_in.bias, w_out.weight, w_out.bias)
-    gate, up = w_in(x).chunk(2, dim=-1)
+    if torch.compiler.is_compiling():
+        # two matmuls over the weight's halves give contiguous gate / up tensors, which inductor's fused
+        # silu-backward kernel vectorises (2x faster on CPU than over the halves of one 2F-wide row)
+        (w_gate, w_up), (b_gate, b_up) = w_in.weight.chunk(2), (None, None) if w_in.bias is None else w_in.bias.chunk(2)
+        return w_out(F.silu(F.linear(x, w_gate, b_gate)) * F.linear(x, w_up, b_up))
+    gate, up = w_in(x).chunk(2, dim=-1)  # inference: one matmul
     return w_out(F.silu(gate) * up)
