@@ -21,8 +21,7 @@ _ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "relu": F.relu,
-    "swiglu": F.silu,  # the gate's activation
-}
+}  # "swiglu" (silu(gate) * up) is fused_ops.swiglu_mlp
 
 
 def make_norm(cfg: ModelConfig) -> nn.Module:
@@ -41,7 +40,7 @@ class FeedForward(nn.Module):
     def __init__(self, dim: int, hidden: int, activation: str, *, bias: bool, init_std: float = 0.02, out_std: float | None = None) -> None:
         super().__init__()
         self.gated = activation == "swiglu"
-        self.act = _ACTIVATIONS[activation]
+        self.act = None if self.gated else _ACTIVATIONS[activation]
         self.w_in = nn.Linear(dim, hidden * (2 if self.gated else 1), bias=bias)
         self.w_out = nn.Linear(hidden, dim, bias=bias)
         with torch.no_grad():  # output projection scaled by depth, like attention's (GPT-2)

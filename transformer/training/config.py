@@ -113,8 +113,8 @@ class OptimConfig:
     fused: bool | None = None
     """Fused AdamW kernel, one kernel per parameter instead of ~10 (``None``: on when the parameters are on
     CPU or CUDA, where torch has it, unless Lightning's mixed-precision plugin clips gradients, which it
-    refuses to do for fused optimizers). 4.5x faster than the loop implementation for a 0.8 M-parameter
-    model on CPU (``bench/step_throughput.py``)."""
+    refuses to do for fused optimizers). For the 26 tensors of the 0.8 M-parameter default model on CPU:
+    0.44 ms per step vs 2.0 ms for the loop implementation."""
 
     def __post_init__(self) -> None:
         _choice("optim.schedule", self.schedule, SCHEDULES)
