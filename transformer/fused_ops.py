@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def _wide(t: Tensor) -> Tensor:
+def wide_float(t: Tensor) -> Tensor:
     """fp16 / bf16 -> fp32 for the arithmetic; fp32 and fp64 as they are."""
     return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
@@ -36,7 +36,7 @@ class _RMSNormFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, eps: float) -> Tensor:
-        x32 = _wide(x)
+        x32 = wide_float(x)
         sumsq = torch.linalg.vector_norm(x32, dim=-1, keepdim=True).square_()  # [..., 1]
         rstd = sumsq.div_(x.shape[-1]).add_(eps).rsqrt_()  # [..., 1]
         xhat = x32 * rstd  # [..., D]
@@ -46,12 +46,12 @@ class _RMSNormFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         xhat, rstd, weight = ctx.saved_tensors
-        g32 = _wide(grad)
+        g32 = wide_float(grad)
         dim = xhat.shape[-1]
         g_xhat = g32 * xhat  # [..., D]
         grad_w = g_xhat.reshape(-1, dim).sum(0).to(weight.dtype) if ctx.needs_input_grad[1] else None
         # d/dx: rstd * (g*w - xhat * mean(g*w*xhat)); the mean is a matrix-vector product
-        dot = (g_xhat.reshape(-1, dim) @ _wide(weight)).view(*xhat.shape[:-1], 1)  # [..., 1]
+        dot = (g_xhat.reshape(-1, dim) @ wide_float(weight)).view(*xhat.shape[:-1], 1)  # [..., 1]
         grad_x = torch.addcmul(g32 * weight, xhat, dot, value=-1.0 / dim).mul_(rstd)
         return grad_x.to(grad.dtype), grad_w, None
 

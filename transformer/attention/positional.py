@@ -14,7 +14,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from ..fused_ops import use_fused_autograd
+from ..fused_ops import use_fused_autograd, wide_float
 
 
 # ---------------------------------------------------------------------------------------- RoPE
@@ -101,8 +101,8 @@ def _rotated(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     fewest Python calls at decode sizes)."""
     half = cos.shape[-1]
     x1, x2, rest = x[..., :half], x[..., half:2 * half], x[..., 2 * half:]
-    x32 = [t.float() if t.dtype in (torch.float16, torch.bfloat16) else t for t in (x1, x2)]
-    out = torch.cat((x32[0] * cos - x32[1] * sin, x32[1] * cos + x32[0] * sin), dim=-1).to(x.dtype)
+    x1, x2 = wide_float(x1), wide_float(x2)
+    out = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).to(x.dtype)
     return torch.cat((out, rest), dim=-1) if rest.shape[-1] else out
 
 
