@@ -14,11 +14,10 @@ from transformer.training.config import (
     CheckpointConfig,
     LoggerConfig,
     OptimConfig,
+    RunCommon,
     TrainerConfig,
-    _choice,
-    _positive,
-    check_fused_optimizer,
 )
+from transformer.validation import choice, in_range, positive_fields
 
 SCALINGS = ("standard", "minmax", "none")
 MISSING_POLICIES = ("error", "drop", "ffill", "mean")
@@ -75,13 +74,13 @@ class RegressionDataConfig:
     """``synthetic``: number of series, steps per series, and the std of the irreducible noise (the RMSE floor)."""
 
     def __post_init__(self) -> None:
-        _choice("data.source", self.source, ("synthetic", "files"))
-        _choice("data.kind", self.kind, ("sequence", "tabular"))
-        _choice("data.missing", self.missing, MISSING_POLICIES)
-        _choice("data.feature_scaling", self.feature_scaling, SCALINGS)
-        _choice("data.target_scaling", self.target_scaling, SCALINGS)
+        choice("data.source", self.source, ("synthetic", "files"))
+        choice("data.kind", self.kind, ("sequence", "tabular"))
+        choice("data.missing", self.missing, MISSING_POLICIES)
+        choice("data.feature_scaling", self.feature_scaling, SCALINGS)
+        choice("data.target_scaling", self.target_scaling, SCALINGS)
         if self.format is not None:
-            _choice("data.format", self.format, ("csv", "parquet", "json"))
+            choice("data.format", self.format, ("csv", "parquet", "json"))
         if self.source == "files":
             if not self.path:
                 raise ValueError("data.path is required when data.source='files'")
@@ -92,9 +91,10 @@ class RegressionDataConfig:
         overlap = set(self.target_columns) & set(self.categorical_columns)
         if overlap:
             raise ValueError(f"columns {sorted(overlap)} are both targets and categorical inputs")
-        if self.horizon < 0:
-            raise ValueError(f"data.horizon={self.horizon} must be >= 0")
-        _positive("data", self, ("window", "horizon_steps", "stride", "batch_size", "synthetic_series", "synthetic_length"))
+        in_range("data.horizon", self.horizon, 0)
+        in_range("data.num_workers", self.num_workers, 0)
+        in_range("data.synthetic_noise", self.synthetic_noise, 0.0)
+        positive_fields("data", self, ("window", "horizon_steps", "stride", "batch_size", "synthetic_series", "synthetic_length"))
         if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} must leave a training share")
 
@@ -107,7 +107,7 @@ class HeadConfig:
     head_dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _choice("head.loss", self.loss, LOSSES)
+        choice("head.loss", self.loss, LOSSES)
 
 
 def _default_model() -> ModelConfig:
@@ -116,13 +116,12 @@ def _default_model() -> ModelConfig:
 
 
 @dataclass
-class RegressionRunConfig:
+class RegressionRunConfig(RunCommon):
     task: str = "regression"
     name: str = "regression"
-    out_dir: str = "runs"
-    seed: int = 1337
     model: ModelConfig = field(default_factory=_default_model)
-    """The encoder (``kind`` is forced to ``encoder``; ``vocab_size`` is unused)."""
+    """The encoder (``kind`` is forced to ``encoder``; ``vocab_size`` is unused). ``init_from`` may name a
+    language model's checkpoint or export: its ``decoder.*`` weights map onto ``encoder.*``."""
     data: RegressionDataConfig = field(default_factory=RegressionDataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.01, warmup_steps=100))
@@ -130,16 +129,13 @@ class RegressionRunConfig:
                                                                          limit_val_batches=None))
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    init_from: str | None = None
-    """Start the encoder from a checkpoint / export (e.g. a language model's: ``decoder.*`` maps onto ``encoder.*``)."""
-    init_freeze: list[str] = field(default_factory=list)
-    resume_from: str | None = None
 
     def __post_init__(self) -> None:
-        if self.task != "regression":
-            raise ValueError(f"task={self.task!r}: this schema is for task: regression")
-        check_fused_optimizer(self.optim, self.trainer.precision)
+        self.check_common("regression")
         if self.model.kind != "encoder":
             raise ValueError(f"model.kind={self.model.kind!r}: regression models use an encoder (model.kind: encoder)")
+        if self.trainer.peak_flops is not None:
+            raise ValueError("trainer.peak_flops is for the MFU metric of language-model runs; regression runs report "
+                             "no MFU: remove the key")
         if self.data.kind == "sequence" and self.data.window + (self.model.pooling == "cls") > self.model.max_seq_len:
             raise ValueError(f"data.window={self.data.window} (+1 for a CLS token) exceeds model.max_seq_len={self.model.max_seq_len}")

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import glob
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +56,17 @@ def synthetic_frame(cfg: RegressionDataConfig, seed: int) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def read_table(path_spec: str, fmt: str | None) -> pd.DataFrame:
-    """CSV / Parquet / JSON file(s) through ``datasets`` (so large files stream and cache)."""
-    import datasets
+def table_files(path_spec: str, fmt: str | None) -> tuple[list[str], str]:
+    """The files ``data.path`` names (comma-separated, globs) and their format, checked: each exists, is not
+    empty, and a CSV / JSON one is text."""
+    from transformer.data.corpus import check_text_file
 
     files: list[str] = []
     for part in (p.strip() for p in path_spec.split(",") if p.strip()):
         matches = sorted(glob.glob(part)) if any(c in part for c in "*?[") else [part]
         for m in matches:
+            if os.path.isdir(m):
+                raise ValueError(f"data.path: {m!r} is a directory; name the CSV / Parquet / JSON file(s) or a glob")
             if not os.path.isfile(m):
                 raise FileNotFoundError(f"data.path: {m!r} does not exist")
             if os.path.getsize(m) == 0:
@@ -75,7 +78,34 @@ def read_table(path_spec: str, fmt: str | None) -> pd.DataFrame:
     fmt = fmt or {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".json": "json", ".jsonl": "json"}.get(suffix)
     if fmt is None:
         raise ValueError(f"cannot tell the format of {files[0]!r}; set data.format to csv, parquet or json")
-    return datasets.load_dataset(fmt, data_files=files, split="train").to_pandas()
+    if fmt in ("csv", "json"):
+        for f in files:
+            check_text_file(f, what=f"{fmt.upper()} data file")
+    return files, fmt
+
+
+def read_table(path_spec: str, fmt: str | None) -> pd.DataFrame:
+    """CSV / Parquet / JSON file(s) through ``datasets`` (so large files stream and cache)."""
+    import datasets
+
+    files, fmt = table_files(path_spec, fmt)
+    try:
+        frame = datasets.load_dataset(fmt, data_files=files, split="train").to_pandas()
+    except Exception as err:  # datasets wraps parser errors in its own types; name the files instead
+        cause = err.__cause__ or err
+        detail = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
+        raise ValueError(f"cannot read {', '.join(files)} as {fmt}: {detail}") from None
+    if len(frame) == 0:
+        raise ValueError(f"{', '.join(files)} hold(s) no data rows (only a header?)")
+    return frame
+
+
+def frame_fingerprint(frame: pd.DataFrame) -> dict[str, object]:
+    """Rows, columns and a content hash of a table: what a resumed run compares with its checkpoint."""
+    import hashlib
+
+    digest = hashlib.blake2b(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes(), digest_size=16)
+    return {"rows": int(len(frame)), "columns": [str(c) for c in frame.columns], "hash": digest.hexdigest()}
 
 
 # ------------------------------------------------------------------------------------ cleaning
@@ -246,6 +276,7 @@ class RegressionData:
     val: Dataset
     test: Dataset | None
     frames: dict[str, pd.DataFrame]  # the raw rows of each split (for baselines and reports)
+    fingerprint: dict = field(default_factory=dict)  # of the cleaned table (frame_fingerprint)
 
 
 def fit_preprocessing(train: pd.DataFrame, cfg: RegressionDataConfig) -> Preprocessing:
@@ -287,6 +318,7 @@ def split_frame(frame: pd.DataFrame, cfg: RegressionDataConfig, seed: int) -> di
 def build_data(cfg: RegressionDataConfig, seed: int) -> RegressionData:
     frame = synthetic_frame(cfg, seed) if cfg.source == "synthetic" else read_table(cfg.path, cfg.format)
     frame = clean(frame, cfg)
+    fingerprint = frame_fingerprint(frame)
     parts = split_frame(frame, cfg, seed)
     if cfg.missing == "mean":  # features are filled with training means; rows without a target cannot be used
         for split in parts.values():
@@ -309,4 +341,4 @@ def build_data(cfg: RegressionDataConfig, seed: int) -> RegressionData:
                              f"use more data, a smaller data.window / data.horizon, or a larger data.{name}_fraction")
         datasets[name] = ds
     return RegressionData(pre, datasets["train"], datasets["val"], datasets["test"],
-                          {k: pd.concat(v) if v else pd.DataFrame() for k, v in parts.items()})
+                          {k: pd.concat(v) if v else pd.DataFrame() for k, v in parts.items()}, fingerprint)

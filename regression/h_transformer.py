@@ -56,8 +56,10 @@ class SequenceRegressor(nn.Module):
         self.encoder = Encoder(cfg)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets * horizon_steps))
 
-    def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
-        """``x`` ``[b, s, F]``, ``cats`` ``[b, s, C]``, ``padding_mask`` ``[b, s]`` (1 = real step) -> ``[b, H * T]``."""
+    def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
+                return_aux: bool = False):
+        """``x`` ``[b, s, F]``, ``cats`` ``[b, s, C]``, ``padding_mask`` ``[b, s]`` (1 = real step) -> ``[b, H * T]``
+        (with ``return_aux``: also the encoder's MoE load-balancing loss, None without experts)."""
         h = self.input_proj(x) if self.input_proj is not None else 0.0
         if self.categorical is not None and cats is not None and cats.shape[-1]:
             h = h + self.categorical(cats).sum(-2)
@@ -69,8 +71,9 @@ class SequenceRegressor(nn.Module):
             h = h + self.positions(torch.arange(h.shape[1], device=h.device))
         elif self.cfg.position == "sinusoidal":
             h = h + self.sinusoidal[: h.shape[1]].to(h.dtype)
-        hidden = self.encoder(h, padding_mask).hidden
-        return self.head(pool(hidden, padding_mask, self.cfg.pooling))
+        out = self.encoder(h, padding_mask)
+        pred = self.head(pool(out.hidden, padding_mask, self.cfg.pooling))
+        return (pred, out.aux_loss) if return_aux else pred
 
 
 class TabularRegressor(nn.Module):
@@ -93,13 +96,15 @@ class TabularRegressor(nn.Module):
         self.norm = make_norm(cfg) if cfg.norm_position == "post" else nn.Identity()
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets))
 
-    def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None) -> Tensor:
-        """``x`` ``[b, F]``, ``cats`` ``[b, C]`` -> ``[b, T]``."""
+    def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
+                return_aux: bool = False):
+        """``x`` ``[b, F]``, ``cats`` ``[b, C]`` -> ``[b, T]`` (with ``return_aux``: also the MoE aux loss)."""
         tokens = [self.cls.expand(x.shape[0], -1, -1), x[..., None] * self.weight + self.bias]  # [b, 1, D], [b, F, D]
         if self.categorical is not None and cats is not None and cats.shape[-1]:
             tokens.append(self.categorical(cats))  # [b, C, D]
-        hidden = self.encoder(torch.cat(tokens, dim=1)).hidden
-        return self.head(self.norm(hidden[:, 0]))
+        out = self.encoder(torch.cat(tokens, dim=1))
+        pred = self.head(self.norm(out.hidden[:, 0]))
+        return (pred, out.aux_loss) if return_aux else pred
 
 
 def build_regressor(cfg: ModelConfig, *, kind: str, num_features: int, num_targets: int, horizon_steps: int = 1,

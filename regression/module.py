@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import math
 
-import lightning as L
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torchmetrics import SumMetric
 
-from transformer.training.checkpoint_io import rng_state, set_rng_state
+from transformer.training import checkpoint_keys as K
+from transformer.training.base_module import TrainingModule
 from transformer.training.config import OptimConfig
-from transformer.training.optim import build_optimizer, build_scheduler
 
 from .config import HeadConfig
 from .data import Preprocessing
@@ -32,7 +31,8 @@ class RegressionMetrics(torch.nn.Module):
 
     def __init__(self) -> None:
         super().__init__()
-        self.sums = torch.nn.ModuleDict({name: SumMetric().set_dtype(torch.float64) for name in SUMS})  # sums of squares need fp64
+        # fp64: sums of squares need it; nan_strategy="disable": a NaN must reach the non-finite check, not vanish
+        self.sums = torch.nn.ModuleDict({name: SumMetric(nan_strategy="disable").set_dtype(torch.float64) for name in SUMS})
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         pred, target = pred.double().reshape(-1), target.double().reshape(-1)
@@ -71,14 +71,13 @@ def metrics_numpy(pred: np.ndarray, target: np.ndarray) -> dict[str, float]:
     return out
 
 
-class RegressionModule(L.LightningModule):
+class RegressionModule(TrainingModule):
     def __init__(self, model: torch.nn.Module, pre: Preprocessing, head: HeadConfig, optim: OptimConfig, *, max_steps: int,
-                 horizon_steps: int = 1) -> None:
-        super().__init__()
-        self.model, self.pre, self.head_cfg, self.optim_cfg = model, pre, head, optim
-        self.max_steps, self.horizon_steps = max_steps, horizon_steps
+                 horizon_steps: int = 1, compile: bool = False, moe_aux_loss_weight: float = 0.0) -> None:
+        super().__init__(model, optim, max_steps=max_steps, compile=compile)
+        self.pre, self.head_cfg, self.horizon_steps = pre, head, horizon_steps
+        self.moe_aux_loss_weight = moe_aux_loss_weight
         self.val_metrics, self.test_metrics = RegressionMetrics(), RegressionMetrics()
-        self.checkpoint_extras: dict = {}
 
     def forward(self, x, cats=None, padding_mask=None):
         return self.model(x, cats, padding_mask)
@@ -97,10 +96,13 @@ class RegressionModule(L.LightningModule):
 
     def training_step(self, batch, batch_idx):
         x, cats, y = batch
-        loss = self._loss(self.model(x, cats), y)
-        if not torch.isfinite(loss):
-            raise RuntimeError(f"non-finite training loss at step {self.global_step}; check the data scaling and optim.lr")
+        pred, aux = self.model(x, cats, return_aux=True)
+        loss = self._loss(pred, y)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        if aux is not None:  # MoE load-balancing loss, weighted as in language-model runs
+            self.log("train/aux_loss", aux.detach(), on_step=True, on_epoch=False)
+            loss = loss + self.moe_aux_loss_weight * aux
+        self.check_finite(loss, "training loss")
         return loss
 
     def _evaluate(self, batch, metrics: RegressionMetrics, prefix: str):
@@ -117,7 +119,10 @@ class RegressionModule(L.LightningModule):
         self._evaluate(batch, self.test_metrics, "test")
 
     def _log_metrics(self, metrics: RegressionMetrics, prefix: str) -> None:
-        for name, value in metrics.compute().items():
+        values = metrics.compute()
+        if prefix == "val":  # before ModelCheckpoint (a callback) can save this step
+            self.check_finite(torch.tensor([values["rmse"], values["mae"]]), "validation error (RMSE / MAE)")
+        for name, value in values.items():
             self.log(f"{prefix}/{name}", value, prog_bar=name == "rmse", sync_dist=False)
         metrics.reset()
 
@@ -131,19 +136,9 @@ class RegressionModule(L.LightningModule):
         x, cats, _ = batch
         return self.original_units(self.model(x, cats))
 
-    def configure_optimizers(self):
-        optimizer = build_optimizer(self.model, self.optim_cfg, str(self._trainer.precision) if self._trainer else "32-true")
-        scheduler = build_scheduler(optimizer, self.optim_cfg, self.optim_cfg.decay_steps or self.max_steps)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint.update(self.checkpoint_extras)
-        checkpoint["preprocessing"] = self.pre.to_dict()
-        checkpoint["rng"] = rng_state()
-
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        if "rng" in checkpoint:
-            set_rng_state(checkpoint["rng"])
+        super().on_save_checkpoint(checkpoint)
+        checkpoint[K.PREPROCESSING] = self.pre.to_dict()
 
 
 def linear_baseline(train, evaluate, pre: Preprocessing, horizon_steps: int) -> dict[str, float]:

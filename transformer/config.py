@@ -8,12 +8,12 @@ and is saved inside every checkpoint, so a checkpoint can always rebuild its mod
 from __future__ import annotations
 
 import dataclasses
-import difflib
 from dataclasses import dataclass, field
 from typing import Any
 
 from .attention import available_attention_types
 from .attention.config import AttentionConfig, check_known_keys
+from .validation import choice, in_range, positive_fields
 
 MODEL_KINDS = ("lm", "encoder", "encoder_decoder")
 NORMS = ("layernorm", "rmsnorm")
@@ -31,8 +31,7 @@ class ModelAttentionConfig(AttentionConfig):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.type not in available_attention_types():
-            raise ValueError(f"model.attention.type={self.type!r} is unknown; known types: {available_attention_types()}")
+        choice("model.attention.type", self.type, available_attention_types())
 
     def layer_options(self) -> dict[str, Any]:
         """Keyword options for ``get_attention`` (everything but ``type``; unset MLA options left out)."""
@@ -119,25 +118,14 @@ class ModelConfig:
         choices = {"kind": MODEL_KINDS, "norm": NORMS, "mlp": MLPS, "position": ABSOLUTE_POSITIONS,
                    "pooling": POOLINGS, "norm_position": ("pre", "post")}
         for name, allowed in choices.items():
-            value = getattr(self, name)
-            if value not in allowed:
-                close = difflib.get_close_matches(str(value), allowed, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else ""
-                raise ValueError(f"model.{name}={value!r} is unknown{hint} (choose one of {allowed})")
-        for name in ("vocab_size", "embed_dim", "num_heads", "num_layers", "max_seq_len", "mlp_multiple_of"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"model.{name}={value!r} must be a positive integer")
-        for name in ("num_decoder_layers", "mlp_hidden"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"model.{name}={value!r} must be a positive integer or null")
+            choice(f"model.{name}", getattr(self, name), allowed)
+        positive_fields("model", self, ("vocab_size", "embed_dim", "num_heads", "num_layers", "max_seq_len", "mlp_multiple_of"))
+        positive_fields("model", self, ("num_decoder_layers", "mlp_hidden"), optional=True)
         if self.moe_num_experts < 0 or (self.moe_num_experts and not 1 <= self.moe_top_k <= self.moe_num_experts):
             raise ValueError(
                 f"model.moe_top_k={self.moe_top_k} must be between 1 and model.moe_num_experts={self.moe_num_experts}"
             )
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"model.dropout={self.dropout} must be in [0, 1)")
+        in_range("model.dropout", self.dropout, 0.0, 1.0, high_open=True)
         if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
             raise ValueError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
         try:  # head arithmetic, with the model's key path in the message

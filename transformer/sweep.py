@@ -23,9 +23,7 @@ import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from .training.config import ConfigError
+from .training.config import ConfigError, read_yaml
 
 
 @dataclass
@@ -56,26 +54,40 @@ def grid_from_args(args: list[str]) -> list[dict[str, object]]:
 
 
 def plan_from_yaml(path: str | Path) -> SweepPlan:
-    """A sweep YAML: ``name``, ``base`` (a run config path), ``overrides`` (list), and ``grid`` (key -> list) or ``runs`` (list of dicts)."""
+    """A sweep YAML: ``name``, ``base`` (a run config path), ``overrides`` (list), and ``grid`` (key -> list) or
+    ``runs`` (list of mappings). Every shape error names the file and the key."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"sweep config {str(path)!r} does not exist")
-    data = OmegaConf.to_container(OmegaConf.load(path), resolve=True) or {}
+    data = read_yaml(path, what="sweep config")
     unknown = set(data) - {"name", "base", "overrides", "grid", "runs"}
     if unknown:
         raise ConfigError(f"sweep config {path}: unknown key(s) {sorted(unknown)} (known: name, base, overrides, grid, runs)")
-    if bool(data.get("grid")) == bool(data.get("runs")):
+    grid, runs = data.get("grid"), data.get("runs")
+    if bool(grid) == bool(runs):
         raise ConfigError(f"sweep config {path}: give exactly one of 'grid' (key -> list of values) or 'runs' (list of settings)")
-    if data.get("grid"):
-        axes = [[(k, v) for v in (vals if isinstance(vals, list) else [vals])] for k, vals in data["grid"].items()]
-        runs = [dict(c) for c in itertools.product(*axes)]
+    if grid is not None and not isinstance(grid, dict):
+        raise ConfigError(f"sweep config {path}: 'grid' must map each key to its values (model.attention.type: [mha, gqa]), "
+                          f"not a {type(grid).__name__}; for a list of settings use 'runs'")
+    if runs is not None and not (isinstance(runs, list) and all(isinstance(r, dict) for r in runs)):
+        raise ConfigError(f"sweep config {path}: 'runs' must be a list of mappings (- {{model.attention.type: mqa}})")
+    overrides = data.get("overrides") or []
+    if not isinstance(overrides, list) or not all(isinstance(o, str) and "=" in o for o in overrides):
+        raise ConfigError(f"sweep config {path}: 'overrides' must be a list of key=value strings")
+    for name in ("name", "base"):
+        if data.get(name) is not None and not isinstance(data[name], str):
+            raise ConfigError(f"sweep config {path}: '{name}' must be a string, not {data[name]!r}")
+    if grid:
+        axes = [[(str(k), v) for v in (vals if isinstance(vals, list) else [vals])] for k, vals in grid.items()]
+        if any(not axis for axis in axes):
+            raise ConfigError(f"sweep config {path}: a grid key has an empty list of values")
+        plan_runs = [dict(c) for c in itertools.product(*axes)]
     else:
-        runs = [dict(r) for r in data["runs"]]
+        plan_runs = [{str(k): v for k, v in r.items()} for r in runs]
     base = data.get("base")
     if base and not Path(base).is_absolute() and not Path(base).is_file() and (path.parent / base).is_file():
         base = str(path.parent / base)
-    return SweepPlan(data.get("name") or path.stem, base, [str(o) for o in data.get("overrides") or []], runs,
-                     sorted({k for r in runs for k in r}))
+    if base and not Path(base).is_file():
+        raise ConfigError(f"sweep config {path}: base config {base!r} does not exist")
+    return SweepPlan(data.get("name") or path.stem, base, list(overrides), plan_runs, sorted({k for r in plan_runs for k in r}))
 
 
 def run_label(settings: dict[str, object]) -> str:
@@ -91,13 +103,16 @@ def _value_text(value) -> str:
 
 def run_sweep(plan: SweepPlan, *, out_dir: str | None = None) -> Path:
     """Validate every combination, run the valid ones in order, return the experiment directory."""
-    from .cli import load_any_config, run
+    from .errors import describe
+    from .training.checkpoint_io import atomic_write_text
+    from .training.run_dir import make_new_dir
+    from .training.tasks import dispatch, load_run_config
 
     validated, skipped = [], []
     for settings in plan.runs:
         overrides = plan.overrides + [f"{k}={_value_text(v)}" for k, v in settings.items()]
         try:
-            validated.append((settings, overrides, load_any_config(plan.base_config, overrides)))
+            validated.append((settings, overrides, load_run_config(plan.base_config, overrides)))
         except ConfigError as err:
             skipped.append({"settings": settings, "status": "skipped", "reason": str(err)})
     for s in skipped:
@@ -107,17 +122,12 @@ def run_sweep(plan: SweepPlan, *, out_dir: str | None = None) -> Path:
     if not plan.runs or plan.runs == [{}]:
         raise ConfigError("the sweep has no swept values (give key=v1,v2 or a runs: list)")
     root = Path(out_dir or validated[0][2].out_dir)
-    experiment = root / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    n = 1
-    while experiment.exists():
-        n += 1
-        experiment = root / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}-{n}"
-    experiment.mkdir(parents=True)
+    experiment = make_new_dir(root / f"{plan.name}-{time.strftime('%Y%m%d-%H%M%S')}")
     records = list(skipped)
     manifest = experiment / "sweep.json"
 
     def save() -> None:
-        manifest.write_text(json.dumps({"name": plan.name, "base": plan.base_config, "overrides": plan.overrides,
+        atomic_write_text(manifest, json.dumps({"name": plan.name, "base": plan.base_config, "overrides": plan.overrides,
                                         "swept_keys": plan.swept_keys, "runs": records}, indent=2, default=str))
 
     save()
@@ -127,7 +137,7 @@ def run_sweep(plan: SweepPlan, *, out_dir: str | None = None) -> Path:
         tags = [f"{k.split('.')[-1]}={v}" for k, v in settings.items()]
         data_cfg = validated[0][2].data  # LM corpora are cached per out_dir: share one cache, outside the experiment
         cache = [f"data.cache_dir={root / '.cache'}"] if getattr(data_cfg, "cache_dir", False) is None else []
-        cfg = load_any_config(plan.base_config, overrides + cache + [
+        cfg = load_run_config(plan.base_config, overrides + cache + [
             f"out_dir={experiment}", f"name={label}", f"logger.wandb.group={plan.name}-{experiment.name[-15:]}",
             f"logger.wandb.tags={json.dumps(tags)}"])
         print(f"\n=== sweep run {i}/{len(validated)}: {label} ===")
@@ -136,11 +146,11 @@ def run_sweep(plan: SweepPlan, *, out_dir: str | None = None) -> Path:
         save()
         started = time.perf_counter()
         try:
-            result = run(cfg)
+            result = dispatch(cfg)
             record.update(status="finished", run_dir=str(result.run_dir) if result else None)
         except Exception as err:  # one failed run never stops the sweep
             record.update(status="failed", error=f"{type(err).__name__}: {err}", traceback=traceback.format_exc(limit=5))
-            print(f"run {label} failed: {type(err).__name__}: {err}")
+            print(f"run {label} failed: {describe(err)}")
         record["seconds"] = round(time.perf_counter() - started, 1)
         save()
     failed = [r for r in records if r["status"] == "failed"]

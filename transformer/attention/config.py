@@ -8,11 +8,11 @@ keyword a user passes to ``get_attention``.
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import math
 from dataclasses import dataclass
 from typing import Any
+
+from ..validation import choice, in_range, known_keys, positive_int
 
 POSITIONAL_SCHEMES = ("none", "rope", "alibi", "relative")
 BACKENDS = ("sdpa", "eager", "flex")
@@ -75,26 +75,18 @@ class AttentionConfig:
     ``init_std / sqrt(2 * num_layers)`` so the residual stream's variance does not grow with depth."""
 
     def __post_init__(self) -> None:
-        if self.positional not in POSITIONAL_SCHEMES:
-            raise ValueError(f"attention positional={self.positional!r} is unknown; choose one of {POSITIONAL_SCHEMES}")
-        if self.backend not in BACKENDS:
-            raise ValueError(f"attention backend={self.backend!r} is unknown; choose one of {BACKENDS}")
-        if self.rope_scaling is not None and self.rope_scaling not in ROPE_SCALINGS:
-            raise ValueError(f"attention rope_scaling={self.rope_scaling!r} is unknown; choose one of {ROPE_SCALINGS} or None")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"attention dropout={self.dropout} must be in [0, 1)")
-        if not 0.0 < self.rope_fraction <= 1.0:
-            raise ValueError(f"attention rope_fraction={self.rope_fraction} must be in (0, 1]")
-        if self.rope_scaling_factor < 1.0:
-            raise ValueError(f"attention rope_scaling_factor={self.rope_scaling_factor} must be >= 1")
+        choice("attention positional", self.positional, POSITIONAL_SCHEMES)
+        choice("attention backend", self.backend, BACKENDS)
+        if self.rope_scaling is not None:
+            choice("attention rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+        in_range("attention dropout", self.dropout, 0.0, 1.0, high_open=True)
+        in_range("attention rope_fraction", self.rope_fraction, 0.0, 1.0, low_open=True)
+        in_range("attention rope_scaling_factor", self.rope_scaling_factor, 1.0)
         for name in ("num_kv_heads", "head_dim", "sliding_window", "kv_lora_rank", "q_lora_rank", "v_head_dim"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or value < 1):
-                raise ValueError(f"attention {name}={value!r} must be a positive integer or None")
-        if self.rope_head_dim is not None and self.rope_head_dim < 0:
-            raise ValueError(f"attention rope_head_dim={self.rope_head_dim} must be >= 0")
-        if self.num_layers < 1:
-            raise ValueError(f"attention num_layers={self.num_layers} must be >= 1")
+            positive_int(f"attention {name}", getattr(self, name), optional=True)
+        if self.rope_head_dim is not None:
+            in_range("attention rope_head_dim", self.rope_head_dim, 0)
+        positive_int("attention num_layers", self.num_layers)
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "AttentionConfig":
@@ -129,12 +121,7 @@ class AttentionConfig:
 
 def check_known_keys(keys, schema: type, *, what: str, prefix: str = "") -> None:
     """``ValueError`` naming the first of ``keys`` that the dataclass ``schema`` lacks, with the closest known name."""
-    known = sorted(f.name for f in dataclasses.fields(schema))
-    for key in keys:
-        if key not in known:
-            close = difflib.get_close_matches(key, known, n=1)
-            hint = f"; did you mean {prefix}{close[0]}?" if close else ""
-            raise ValueError(f"unknown {what} {prefix}{key}{hint} (known: {', '.join(known)})")
+    known_keys(keys, schema, prefix=prefix, what=what)
 
 
 def merge_alias(options: dict[str, Any], alias: str, canonical: str, value: Any, default: Any) -> None:

@@ -11,7 +11,7 @@ import os
 import sysconfig
 from pathlib import Path
 
-from ..training.config import DataConfig
+from .config import DataConfig
 
 _EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
                ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
@@ -50,6 +50,46 @@ def _resolve_files(spec: str, fmt: str | None = None) -> list[str]:
     return files
 
 
+def check_text_file(path: str | os.PathLike, *, what: str = "data file", sample_bytes: int = 1 << 16) -> None:
+    """A one-line error if ``path`` is not UTF-8 text: NUL bytes or undecodable bytes in its first
+    ``sample_bytes`` (a binary file given as text), or nothing but whitespace."""
+    with open(path, "rb") as f:
+        head = f.read(sample_bytes)
+        more = f.read(1) != b""
+    if b"\x00" in head:
+        raise ValueError(f"{what} {str(path)!r} is binary (it holds NUL bytes), not UTF-8 text; give a text, JSON, "
+                         f"CSV or Parquet file (and data.format when the extension does not say)")
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as err:
+        if not (more and err.start >= len(head) - 4):  # a character cut at the sample's end is fine
+            raise ValueError(f"{what} {str(path)!r} is not UTF-8 text (byte {head[err.start]:#04x} at offset "
+                             f"{err.start}); convert it to UTF-8") from None
+        text = head[: err.start].decode("utf-8")
+    if not more and not text.strip():
+        raise ValueError(f"{what} {str(path)!r} holds only whitespace; there is no text to train on")
+
+
+def check_data_files(cfg: DataConfig) -> list[str]:
+    """The files ``data.*`` names, checked before any work: they exist, are not empty, and text / JSON /
+    CSV files are UTF-8 text. Returns them ([] for sources that are not files)."""
+    if cfg.source != "files":
+        return []
+    files = _resolve_files(cfg.path, cfg.format)
+    fmt = cfg.format or _EXTENSIONS.get(Path(files[0]).suffix.lower())
+    if fmt is None:
+        raise ValueError(f"data.format is not set and {files[0]!r} has no known extension; set data.format to one of "
+                         f"text, json, csv, parquet")
+    for f in files:
+        if os.path.getsize(f) == 0:
+            raise ValueError(f"data file {f!r} is empty")
+        if not os.access(f, os.R_OK):
+            raise PermissionError(f"data file {f!r} is not readable")
+        if fmt != "parquet":
+            check_text_file(f)
+    return files
+
+
 def load_documents(cfg: DataConfig):
     """-> ``datasets.Dataset`` with one document per row in column ``text``, capped by max_documents / max_chars."""
     import datasets
@@ -66,16 +106,15 @@ def load_documents(cfg: DataConfig):
                 break
         ds = datasets.Dataset.from_dict({"text": texts})
     elif cfg.source == "files":
-        files = _resolve_files(cfg.path, cfg.format)
+        files = check_data_files(cfg)
         fmt = cfg.format or _EXTENSIONS.get(Path(files[0]).suffix.lower())
-        if fmt is None:
-            raise ValueError(f"data.format is not set and {files[0]!r} has no known extension; set data.format to one of "
-                             f"text, json, csv, parquet")
-        for f in files:
-            if os.path.getsize(f) == 0:
-                raise ValueError(f"data file {f!r} is empty")
         kwargs = {"sample_by": "document"} if fmt == "text" else {}
-        ds = datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
+        try:
+            ds = datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
+        except Exception as err:  # datasets wraps parser errors in its own types; name the files instead
+            cause = err.__cause__ or err
+            detail = " ".join(str(cause).split())[:200] or type(cause).__name__
+            raise ValueError(f"cannot read {', '.join(files)} as {fmt} (data.format): {detail}") from None
     else:
         try:
             ds = datasets.load_dataset(cfg.name, cfg.subset, split=cfg.split)
@@ -87,6 +126,9 @@ def load_documents(cfg: DataConfig):
             ) from None
     if cfg.text_column not in ds.column_names:
         raise ValueError(f"data.text_column={cfg.text_column!r} is not a column of the data (columns: {ds.column_names})")
+    if not _is_text_feature(ds.features[cfg.text_column]):
+        raise ValueError(f"data.text_column={cfg.text_column!r} holds {ds.features[cfg.text_column]}, not text; "
+                         f"name the column with the documents' text")
     if cfg.text_column != "text":
         ds = ds.rename_column(cfg.text_column, "text")
     ds = ds.select_columns(["text"]).filter(lambda batch: [bool(t and t.strip()) for t in batch], batched=True,
@@ -102,5 +144,9 @@ def load_documents(cfg: DataConfig):
                 break
         ds = ds.select(range(keep))
     if len(ds) == 0:
-        raise ValueError("the configured data holds no non-empty documents")
+        raise ValueError(f"the configured data ({cfg.path or cfg.name or cfg.source}) holds no non-empty documents")
     return ds
+
+
+def _is_text_feature(feature) -> bool:
+    return getattr(feature, "dtype", None) in ("string", "large_string")

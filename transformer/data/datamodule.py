@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from ..training.config import DataConfig
+from .config import DataConfig
 from .token_store import PreparedCorpus, prepare_corpus
 
 

@@ -5,6 +5,13 @@ vocabulary fits, else uint32), ``tokenizer.json`` and ``meta.json`` in a cache d
 everything that determines them, written to a temporary directory and renamed into place, so a
 crash never leaves a half-written corpus and concurrent processes (DDP ranks) agree. Memory-mapping
 means corpora larger than RAM train fine.
+
+The cache is not trusted blindly: ``meta.json`` records each file's size and a BLAKE2b checksum
+(about 1 s per GB to verify, against hours of training on it), and a cache whose files do not match
+(truncated, zeroed, edited, ``meta.json`` lost) is reported by file name and rebuilt from the data.
+The checksums are also the run's *data fingerprint*: a resumed run compares them with the ones in
+its checkpoint. Temporary directories of interrupted builds are named after their process and
+removed by the next build once that process is gone.
 """
 
 from __future__ import annotations
@@ -13,18 +20,21 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import sys
 import tempfile
-from dataclasses import asdict, dataclass
+import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from ..training.config import DataConfig
+from .config import DataConfig
 from .corpus import load_documents, python_stdlib_files
 from .tokenizer import BPETokenizer, CharTokenizer, Tokenizer, load_tokenizer
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: sizes and checksums in meta.json
+CACHE_FILES = ("train.bin", "val.bin", "tokenizer.json")
 
 
 @dataclass
@@ -35,6 +45,13 @@ class PreparedCorpus:
     dtype: str
     train_tokens: int
     val_tokens: int
+    checksums: dict[str, str] = field(default_factory=dict)  # file name -> blake2b hex
+
+    @property
+    def fingerprint(self) -> dict[str, object]:
+        """What identifies the training data of a run: token counts and the token stores' checksums."""
+        return {"train_tokens": self.train_tokens, "val_tokens": self.val_tokens,
+                "train.bin": self.checksums.get("train.bin"), "val.bin": self.checksums.get("val.bin")}
 
     @property
     def tokenizer_path(self) -> Path:
@@ -131,41 +148,118 @@ def _write_tokens(ds, tokenizer: Tokenizer, path: Path, dtype: str, num_proc: in
     return total
 
 
-def prepare_corpus(cfg: DataConfig, *, seed: int, cache_root: str | Path) -> PreparedCorpus:
-    """Tokenise and pack the configured data once; later calls with the same inputs reuse it."""
-    cache_root = Path(cfg.cache_dir or cache_root)
-    directory = cache_root / f"corpus-{_cache_key(cfg, seed)}"
+def file_checksum(path: Path) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cache_problem(directory: Path) -> str | None:
+    """Why the cached corpus in ``directory`` cannot be used (None: it is intact)."""
     meta_path = directory / "meta.json"
     if not meta_path.is_file():
-        cache_root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-corpus-", dir=cache_root))
-        try:
-            ds = load_documents(cfg)
-            train_docs, val_docs = _split(ds, cfg, seed)
-            if len(val_docs) == 0:
-                raise ValueError("the validation split is empty; raise data.val_fraction or add data")
-            if cfg.tokenizer == "char":
-                tokenizer = CharTokenizer.train(train_docs["text"])
-            elif cfg.tokenizer == "bpe":
-                tokenizer = BPETokenizer.train((t for t in train_docs["text"]), cfg.vocab_size)
-            else:
-                tokenizer = load_tokenizer(cfg.tokenizer)
-            dtype = token_dtype(tokenizer.vocab_size)
-            tokenizer.save(tmp / "tokenizer.json")
-            counts = {split: _write_tokens(docs, tokenizer, tmp / f"{split}.bin", dtype, cfg.num_proc)
-                      for split, docs in (("train", train_docs), ("val", val_docs))}
-            meta = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "dtype": dtype,
-                    "train_tokens": counts["train"], "val_tokens": counts["val"], "format": FORMAT_VERSION}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
-            try:
-                os.replace(tmp, directory)
-            except OSError:  # another process finished first: theirs is identical
-                shutil.rmtree(tmp, ignore_errors=True)
-        except BaseException:
+        return f"{meta_path} is missing"
+    try:
+        meta = json.loads(meta_path.read_text())
+        files, sums = meta["files"], meta["checksums"]
+        for key in ("vocab_size", "eos_id", "dtype", "train_tokens", "val_tokens"):
+            meta[key]
+    except (ValueError, KeyError, TypeError):
+        return f"{meta_path} is unreadable or from an older format"
+    for name in CACHE_FILES:
+        path = directory / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if path.stat().st_size != files.get(name):
+            return f"{path} has {path.stat().st_size} bytes, {files.get(name)} when it was written (truncated or replaced)"
+        if file_checksum(path) != sums.get(name):
+            return f"{path} does not match its checksum (its contents changed after it was written)"
+    return None
+
+
+def _clean_stale_builds(cache_root: Path) -> None:
+    """Remove ``.tmp-corpus-<host>-<pid>-*`` directories whose process on this host is gone."""
+    host = socket.gethostname()
+    for tmp in cache_root.glob(".tmp-corpus-*"):
+        parts = tmp.name[len(".tmp-corpus-"):].rsplit("-", 2)
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit() and not _alive(int(parts[1])):
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
-    meta = json.loads(meta_path.read_text())
-    corpus = PreparedCorpus(directory, meta["vocab_size"], meta["eos_id"], meta["dtype"], meta["train_tokens"], meta["val_tokens"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _build(cfg: DataConfig, seed: int, cache_root: Path, directory: Path) -> None:
+    """Tokenise into a private temporary directory, then rename it to ``directory``."""
+    cache_root.mkdir(parents=True, exist_ok=True)
+    _clean_stale_builds(cache_root)
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-corpus-{socket.gethostname()}-{os.getpid()}-", dir=cache_root))
+    try:
+        ds = load_documents(cfg)
+        train_docs, val_docs = _split(ds, cfg, seed)
+        if len(val_docs) == 0:
+            raise ValueError("the validation split is empty; raise data.val_fraction or add data")
+        if cfg.tokenizer == "char":
+            tokenizer = CharTokenizer.train(train_docs["text"])
+        elif cfg.tokenizer == "bpe":
+            tokenizer = BPETokenizer.train((t for t in train_docs["text"]), cfg.vocab_size)
+        else:
+            tokenizer = load_tokenizer(cfg.tokenizer)
+        dtype = token_dtype(tokenizer.vocab_size)
+        tokenizer.save(tmp / "tokenizer.json")
+        counts = {split: _write_tokens(docs, tokenizer, tmp / f"{split}.bin", dtype, cfg.num_proc)
+                  for split, docs in (("train", train_docs), ("val", val_docs))}
+        meta = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "dtype": dtype,
+                "train_tokens": counts["train"], "val_tokens": counts["val"], "format": FORMAT_VERSION,
+                "files": {n: (tmp / n).stat().st_size for n in CACHE_FILES},
+                "checksums": {n: file_checksum(tmp / n) for n in CACHE_FILES}}
+        (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        try:
+            os.replace(tmp, directory)
+        except OSError:  # another process finished first: theirs is identical
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _discard(directory: Path) -> None:
+    """Move a damaged cache directory out of the way atomically, then delete it."""
+    trash = directory.with_name(f".tmp-corpus-{socket.gethostname()}-{os.getpid()}-discard{time.time_ns()}")
+    try:
+        os.replace(directory, trash)
+    except OSError:
+        return  # another process moved or rebuilt it already
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def prepare_corpus(cfg: DataConfig, *, seed: int, cache_root: str | Path) -> PreparedCorpus:
+    """Tokenise and pack the configured data once; later calls with the same inputs reuse it after
+    verifying it (a damaged cache is reported and rebuilt)."""
+    cache_root = Path(cfg.cache_dir or cache_root)
+    directory = cache_root / f"corpus-{_cache_key(cfg, seed)}"
+    if directory.exists():
+        problem = cache_problem(directory)
+        if problem is not None:
+            print(f"warning: the token cache is damaged ({problem}); rebuilding it from the data", file=sys.stderr)
+            _discard(directory)
+    if not directory.exists():
+        _build(cfg, seed, cache_root, directory)
+        problem = cache_problem(directory)
+        if problem is not None:  # written a moment ago: the disk or another process is at fault
+            raise RuntimeError(f"the token cache just written is unusable: {problem}")
+    meta = json.loads((directory / "meta.json").read_text())
+    corpus = PreparedCorpus(directory, meta["vocab_size"], meta["eos_id"], meta["dtype"], meta["train_tokens"],
+                            meta["val_tokens"], meta["checksums"])
     need = cfg.block_size + 1
     for split in ("train", "val"):
         have = getattr(corpus, f"{split}_tokens")

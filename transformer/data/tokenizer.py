@@ -56,7 +56,8 @@ class BPETokenizer:
         self.tok = tokenizer
         eos = tokenizer.token_to_id(EOS)
         if eos is None:
-            raise ValueError(f"BPE tokenizer has no {EOS} token")
+            special = sorted(t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special)
+            raise ValueError(f"the tokenizer has no {EOS} end-of-text token (its special tokens: {special or 'none'})")
         self.eos_id = eos
 
     @classmethod
@@ -94,11 +95,31 @@ Tokenizer = CharTokenizer | BPETokenizer
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Load a ``tokenizer.json`` written by either tokenizer (or any Hugging Face tokenizers file with EOS)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"tokenizer file {str(path)!r} is a directory; give its tokenizer.json")
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ValueError(f"tokenizer file {path} is not UTF-8 JSON (is it a binary file?)") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"tokenizer file {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"tokenizer file {path} holds a JSON {type(data).__name__}, not a tokenizer")
     if data.get("type") == "char":
-        return CharTokenizer(data["chars"])
+        chars = data.get("chars")
+        if not isinstance(chars, list) or not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars):
+            raise ValueError(f"tokenizer file {path}: a char tokenizer needs 'chars', a list of single characters")
+        return CharTokenizer(chars)
     from tokenizers import Tokenizer as HFTokenizer
 
-    return BPETokenizer(HFTokenizer.from_file(str(path)))
+    try:
+        tok = HFTokenizer.from_file(str(path))
+    except Exception as err:  # tokenizers raises a bare Exception with serde's message
+        detail = " ".join(str(err).split())[:200]
+        raise ValueError(f"tokenizer file {path} is not a Hugging Face tokenizers file ({detail})") from None
+    try:
+        return BPETokenizer(tok)
+    except ValueError as err:
+        raise ValueError(f"tokenizer file {path}: {err}") from None

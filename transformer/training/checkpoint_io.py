@@ -1,8 +1,10 @@
 """Checkpoint files: atomic writes, readable errors, RNG state, and finding what to resume from.
 
 A checkpoint is written to a temporary file in the same directory, fsynced, and renamed over the
-target, so a run killed mid-save leaves the previous ``last.ckpt`` intact. Reading one that is
-corrupt, truncated or not ours raises :class:`CheckpointError` with a one-line message.
+target, so a run killed mid-save leaves the previous ``last.ckpt`` intact (a full disk too: the
+temporary file is removed and the error names the file). Reading one that is corrupt, truncated or
+not ours raises :class:`CheckpointError` with a one-line message. No Lightning import here: export,
+sample and the interop code read checkpoints without it.
 """
 
 from __future__ import annotations
@@ -16,24 +18,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from . import checkpoint_keys as K
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be used; the message says which file and why, in one line."""
 
 
-class AtomicCheckpointIO(TorchCheckpointIO):
-    """Lightning checkpoint I/O that never leaves a half-written file under the target name."""
-
-    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options=None) -> None:
-        atomic_save(checkpoint, Path(path))
-
-    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict[str, Any]:
-        return read_checkpoint(path, map_location=map_location or "cpu")
-
-
 def atomic_save(obj: Any, path: Path) -> None:
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -42,14 +36,24 @@ def atomic_save(obj: Any, path: Path) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        if isinstance(err, OSError) or "PytorchStreamWriter failed" in str(err):  # full disk, quota, file too large
+            previous = f"the previous {path.name} is unchanged" if path.exists() else f"no {path.name} was written"
+            raise CheckpointError(f"could not write checkpoint {path} ({_os_reason(err)}); {previous}. "
+                                  f"Free disk space, then continue with resume_from=auto") from None
         raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)  # make the rename itself durable
     finally:
         os.close(dir_fd)
+
+
+def _os_reason(err: BaseException) -> str:
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    return str(err).splitlines()[0][:160] if str(err) else type(err).__name__
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -79,7 +83,7 @@ def read_checkpoint(path, *, map_location="cpu") -> dict[str, Any]:
     except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {detail[:160]})") from None
-    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+    if not isinstance(checkpoint, dict) or K.STATE_DICT not in checkpoint:
         kind = type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a training checkpoint of this toolkit (a {kind} without 'state_dict')")
     return checkpoint

@@ -17,75 +17,13 @@ from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from ..config import ModelConfig
+from ..data.config import DataConfig
+from ..validation import choice, in_range, positive_fields
 
-DATA_SOURCES = ("python_stdlib", "files", "hub")
-TOKENIZERS = ("char", "bpe")
-FILE_FORMATS = ("text", "json", "csv", "parquet")
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
 STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULES = ("cosine", "linear", "constant")
-
-
-@dataclass
-class DataConfig:
-    """Where the text comes from, how it is tokenised, packed and split."""
-
-    source: str = "python_stdlib"
-    """``python_stdlib`` (the installed Python's standard-library source: on every machine, no download),
-    ``files`` (local text / JSON / CSV / Parquet at ``path``) or ``hub`` (a Hugging Face dataset ``name``)."""
-    path: str | None = None
-    """``files``: a file, directory or glob (several comma-separated allowed)."""
-    format: str | None = None
-    """``files``: text | json | csv | parquet (``None``: from the file extension)."""
-    name: str | None = None
-    """``hub``: dataset name, e.g. ``wikitext``."""
-    subset: str | None = None
-    """``hub``: dataset configuration, e.g. ``wikitext-103-raw-v1``."""
-    split: str = "train"
-    """``hub``: which split to read."""
-    text_column: str = "text"
-    """Column holding the text (JSON / CSV / Parquet / hub)."""
-    max_documents: int | None = None
-    """Use at most this many documents (after sorting, for ``python_stdlib``)."""
-    max_chars: int | None = 2_000_000
-    """Stop reading once this many characters are collected (``None``: all). Keeps the default quick."""
-    tokenizer: str = "char"
-    """``char`` (one id per character seen in training text, plus EOS), ``bpe`` (byte-level BPE trained
-    on the training text), or a path to a saved ``tokenizer.json`` to reuse."""
-    vocab_size: int = 4096
-    """``bpe``: vocabulary size to train."""
-    block_size: int = 128
-    """Tokens per training example (configs usually write ``${model.max_seq_len}``)."""
-    val_fraction: float = 0.1
-    """Share of the data held out for validation."""
-    split_by: str = "position"
-    """``position``: the last ``val_fraction`` of the token stream is validation (Tiny Shakespeare's
-    standard split); ``document``: a seeded random ``val_fraction`` of documents."""
-    batch_size: int = 32
-    """Examples per device per step."""
-    num_workers: int = 0
-    """DataLoader worker processes."""
-    num_proc: int = 1
-    """Processes for tokenisation (``datasets.map``)."""
-    cache_dir: str | None = None
-    """Where tokenised corpora are kept (``None``: ``<out_dir>/.cache``); reused when data + tokenizer match."""
-
-    def __post_init__(self) -> None:
-        _choice("data.source", self.source, DATA_SOURCES)
-        _choice("data.split_by", self.split_by, ("position", "document"))
-        if self.format is not None:
-            _choice("data.format", self.format, FILE_FORMATS)
-        if self.source == "files" and not self.path:
-            raise ValueError("data.path is required when data.source='files' (a file, directory or glob)")
-        if self.source == "hub" and not self.name:
-            raise ValueError("data.name is required when data.source='hub' (e.g. wikitext)")
-        if self.tokenizer not in TOKENIZERS and not self.tokenizer.endswith(".json"):
-            raise ValueError(f"data.tokenizer={self.tokenizer!r}: use 'char', 'bpe' or a path to a tokenizer.json")
-        if not 0.0 < self.val_fraction < 1.0:
-            raise ValueError(f"data.val_fraction={self.val_fraction} must be in (0, 1)")
-        _positive("data", self, ("block_size", "batch_size", "vocab_size", "num_proc"))
-        if self.num_workers < 0:
-            raise ValueError(f"data.num_workers={self.num_workers} must be >= 0")
 
 
 @dataclass
@@ -117,11 +55,14 @@ class OptimConfig:
     0.44 ms per step vs 2.0 ms for the loop implementation."""
 
     def __post_init__(self) -> None:
-        _choice("optim.schedule", self.schedule, SCHEDULES)
-        if self.lr <= 0 or self.min_lr < 0 or self.min_lr > self.lr:
-            raise ValueError(f"optim.lr={self.lr} must be > 0 and optim.min_lr={self.min_lr} in [0, lr]")
-        if self.warmup_steps < 0 or self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError("optim.warmup_steps, optim.grad_clip and optim.weight_decay must be >= 0")
+        choice("optim.schedule", self.schedule, SCHEDULES)
+        in_range("optim.lr", self.lr, 0.0, low_open=True)
+        in_range("optim.min_lr", self.min_lr, 0.0, self.lr)
+        for name in ("warmup_steps", "grad_clip", "weight_decay", "eps"):
+            in_range(f"optim.{name}", getattr(self, name), 0.0)
+        for name in ("beta1", "beta2"):
+            in_range(f"optim.{name}", getattr(self, name), 0.0, 1.0, high_open=True)
+        positive_fields("optim", self, ("decay_steps",), optional=True)
 
 
 @dataclass
@@ -157,9 +98,15 @@ class TrainerConfig:
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        _choice("trainer.precision", str(self.precision), PRECISIONS)
-        _choice("trainer.strategy", self.strategy, STRATEGIES)
-        _positive("trainer", self, ("num_nodes", "max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches"))
+        self.precision = str(self.precision)
+        choice("trainer.precision", self.precision, PRECISIONS)
+        choice("trainer.strategy", self.strategy, STRATEGIES)
+        choice("trainer.accelerator", self.accelerator, ACCELERATORS)
+        self.devices = parse_devices(self.devices)
+        positive_fields("trainer", self, ("num_nodes", "max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches"))
+        positive_fields("trainer", self, ("limit_val_batches",), optional=True)
+        if self.peak_flops is not None:
+            in_range("trainer.peak_flops", self.peak_flops, 0.0, low_open=True)
 
 
 @dataclass
@@ -204,15 +151,55 @@ class SampleConfig:
 
 
 @dataclass
-class RunConfig:
-    """One training run."""
+class RunCommon:
+    """The keys every task's run config has (language model, regression, ...), with one name and one docstring."""
 
     task: str = "lm"
-    """``lm`` (this schema) or ``regression`` (``regression.config.RegressionRunConfig``)."""
+    """Which pipeline runs the config: ``lm`` (:class:`RunConfig`) or ``regression``
+    (``regression.config.RegressionRunConfig``); the registry is ``transformer.training.tasks``."""
     name: str = "default"
     """Run name: the run directory is ``<out_dir>/<name>-<timestamp>``."""
     out_dir: str = "runs"
+    """Where run directories (and the token cache, ``<out_dir>/.cache``) are created."""
     seed: int = 1337
+    resume_from: str | None = None
+    """Continue a run exactly: ``auto`` (the newest ``<out_dir>/<name>-*`` run with ``checkpoints/last.ckpt``)
+    or a checkpoint path. Restores weights, optimizer, schedule, step, RNG, data position, logger run.
+    Resuming a run's ``last.ckpt`` continues in that run's directory (refused while another process
+    trains in it); any other checkpoint continues in a new run directory, leaving the original as it is.
+    The model, the tokenizer, the training data and the optimizer settings that the restored optimizer
+    state carries (``optim.lr``, ``beta1``, ``beta2``, ``eps``, ``weight_decay``) must be those of the
+    checkpoint; to change them, start a new run with ``init_from``. Schedule settings and
+    ``trainer.max_steps`` may change."""
+    resume_allow_data_change: bool = False
+    """With ``resume_from``: accept training data that differs from the data the checkpoint was trained on
+    (another file, edited contents). Off by default, since the run would silently mix two data sets."""
+    init_from: str | None = None
+    """Start from weights only: a checkpoint, an export directory or a Hugging Face directory. Shapes
+    that differ are re-initialised (and reported); attention key/value heads are converted."""
+    init_strict: bool = False
+    """With ``init_from``: any missing, unexpected or re-initialised key is an error."""
+    init_freeze: list[str] = field(default_factory=list)
+    """With ``init_from``: module names whose parameters are not trained, e.g. ``[embed, decoder.blocks.0]``."""
+
+    def check_common(self, task: str) -> None:
+        if self.task != task:
+            raise ValueError(f"task={self.task!r}: this schema is for task: {task}")
+        if not self.name or "/" in self.name or self.name in (".", ".."):
+            raise ValueError(f"name={self.name!r} must be a non-empty name without '/' (it names the run directory)")
+        if not self.out_dir:
+            raise ValueError("out_dir must name a directory")
+        if self.resume_from and self.init_from:
+            raise ValueError("resume_from and init_from are exclusive: resume continues a run, init_from starts a new one")
+        if self.resume_allow_data_change and not self.resume_from:
+            raise ValueError("resume_allow_data_change=true only applies with resume_from")
+        check_fused_optimizer(self.optim, self.trainer.precision)
+
+
+@dataclass
+class RunConfig(RunCommon):
+    """One language-model training run."""
+
     model: ModelConfig = field(default_factory=lambda: ModelConfig(
         embed_dim=128, num_heads=4, num_layers=4, max_seq_len=128, norm="rmsnorm", mlp="swiglu",
         attention={"type": "mha", "positional": "rope"}))
@@ -223,23 +210,9 @@ class RunConfig:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
-    resume_from: str | None = None
-    """Continue a run exactly: ``auto`` (the newest ``<out_dir>/<name>-*`` run with ``checkpoints/last.ckpt``)
-    or a checkpoint path. Restores weights, optimizer, schedule, step, RNG, data position, logger run."""
-    init_from: str | None = None
-    """Start from weights only: a checkpoint, an export directory or a Hugging Face directory. Shapes
-    that differ are re-initialised (and reported); attention key/value heads are converted."""
-    init_strict: bool = False
-    """With ``init_from``: any missing, unexpected or re-initialised key is an error."""
-    init_freeze: list[str] = field(default_factory=list)
-    """With ``init_from``: module names whose parameters are not trained, e.g. ``[embed, decoder.blocks.0]``."""
 
     def __post_init__(self) -> None:
-        if self.task != "lm":
-            raise ValueError(f"task={self.task!r}: this schema is for task: lm")
-        check_fused_optimizer(self.optim, self.trainer.precision)
-        if self.resume_from and self.init_from:
-            raise ValueError("resume_from and init_from are exclusive: resume continues a run, init_from starts a new one")
+        self.check_common("lm")
         if self.data.block_size > self.model.max_seq_len:
             raise ValueError(
                 f"data.block_size={self.data.block_size} exceeds model.max_seq_len={self.model.max_seq_len}"
@@ -248,40 +221,128 @@ class RunConfig:
 
 # ----------------------------------------------------------------------------------- loading
 class ConfigError(ValueError):
-    """A config problem, with the full key path in the message."""
+    """A config problem, with the full key path (and the file or override it came from) in the message."""
+
+
+def read_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """A YAML file as a plain dict: one-line errors for a missing file, a syntax error (with its line) or a
+    top level that is not a mapping."""
+    import yaml
+
+    path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{what} {str(path)!r} is a directory; give a YAML file")
+    if not path.is_file():
+        raise ConfigError(f"{what} {str(path)!r} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConfigError(f"{what} {path} is not UTF-8 text (is it a binary file?)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"{what} {path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{what} {path} must hold a mapping of keys (key: value), not a {type(data).__name__}")
+    return data
 
 
 def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *, schema: type = None) -> RunConfig:
-    """Schema defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`RunConfig` (or ``schema``)."""
-    merged = OmegaConf.structured(schema or RunConfig)
+    """Schema defaults <- YAML file <- ``key=value`` overrides, validated into a :class:`RunConfig` (or ``schema``).
+
+    Errors name the key path and where the value came from: the file, or the override. An override
+    whose value YAML reads as a mapping or list (``sample.prompt=ROMEO:``) is taken as the plain
+    string the user typed when the key holds a string.
+    """
+    schema = schema or RunConfig
+    merged = OmegaConf.structured(schema)
+    source = None
     try:
         if path is not None:
-            path = Path(path)
-            if not path.is_file():
-                raise ConfigError(f"config file {str(path)!r} does not exist")
-            merged = OmegaConf.merge(merged, OmegaConf.load(path))
-        bad = [o for o in overrides if "=" not in o]
-        if bad:
-            raise ConfigError(f"overrides must look like key.sub=value; got {bad}")
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+            source = f"in {path}"
+            merged = OmegaConf.merge(merged, OmegaConf.create(read_yaml(path)))
+        for override in overrides:
+            source = f"from the override {override!r}"
+            merged = _apply_override(merged, override)
+        source = f"in {path}" if path is not None else None
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
+        source = "in the merged config" if path is not None or overrides else None
         return OmegaConf.to_object(merged)
-    except OmegaConfBaseException as err:
-        raise ConfigError(_describe(err, path)) from None
     except ConfigError:
         raise
+    except OmegaConfBaseException as err:
+        raise ConfigError(_describe(err, schema, source)) from None
     except ValueError as err:  # __post_init__ checks: messages already carry the key path
-        where = f" (in {path})" if path else ""
-        raise ConfigError(f"{err}{where}") from None
+        raise ConfigError(f"{err}" + (f" ({source})" if source else "")) from None
 
 
-def _describe(err: OmegaConfBaseException, path) -> str:
+def _apply_override(merged, override: str):
+    if "=" not in override or override.startswith("="):
+        raise ConfigError(f"overrides must look like key.sub=value; got {override!r}")
+    key, raw = override.split("=", 1)
+    try:
+        return OmegaConf.merge(merged, OmegaConf.from_dotlist([override]))
+    except OmegaConfBaseException:
+        if _is_string_field(merged, key):  # YAML read the text as a mapping / list; the key wants the text itself
+            return OmegaConf.merge(merged, OmegaConf.create(_nest(key, raw)))
+        raise
+
+
+def _is_string_field(merged, key: str) -> bool:
+    """Whether ``key`` names a (possibly null) ``str`` field of the structured config."""
+    parent_key, _, leaf = key.rpartition(".")
+    parent = OmegaConf.select(merged, parent_key) if parent_key else merged
+    if parent is None or not OmegaConf.is_config(parent):
+        return False
+    try:
+        hints = dataclasses.fields(OmegaConf.get_type(parent))
+    except TypeError:
+        return False
+    return any(f.name == leaf and str(f.type).replace(" ", "") in ("str", "str|None", "Optional[str]") for f in hints)
+
+
+def _nest(key: str, value: Any) -> dict:
+    for part in reversed(key.split(".")):
+        value = {part: value}
+    return value
+
+
+def _describe(err: OmegaConfBaseException, schema: type, source: str | None) -> str:
     key = getattr(err, "full_key", None) or "?"
     first = str(err).splitlines()[0]
-    where = f" (in {path})" if path else ""
+    where = f" ({source})" if source else ""
+    from omegaconf.errors import ConfigAttributeError, ConfigKeyError
+
+    if isinstance(err, (ConfigKeyError, ConfigAttributeError)) and key != "?":
+        known = _known_at(schema, key)
+        if known is not None and key.rsplit(".", 1)[-1] not in known:
+            from ..validation import closest
+
+            leaf = key.rsplit(".", 1)[-1]
+            near = closest(leaf, known)
+            parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+            hint = f"; did you mean {parent}{near}?" if near else f" (known keys: {', '.join(known)})"
+            return f"unknown config key {key}{hint}{where}"
     return f"config key {key}: {first}{where}"
+
+
+def _known_at(schema: type, key: str) -> list[str] | None:
+    """The field names of the section holding ``key`` (``model.attention.foo`` -> the attention fields)."""
+    cls = schema
+    for part in key.split(".")[:-1]:
+        sub = {f.name: f for f in dataclasses.fields(cls)}.get(part) if dataclasses.is_dataclass(cls) else None
+        if sub is None:
+            return None
+        default = sub.default_factory() if sub.default_factory is not dataclasses.MISSING else sub.default
+        cls = type(default) if dataclasses.is_dataclass(default) else None
+        if cls is None:
+            return None
+    return sorted(f.name for f in dataclasses.fields(cls)) if dataclasses.is_dataclass(cls) else None
 
 
 def to_yaml(cfg: RunConfig) -> str:
@@ -324,22 +385,27 @@ def check_fused_optimizer(optim: OptimConfig, precision: str) -> None:
         )
 
 
-def _choice(key: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        import difflib
+def parse_devices(value: Any) -> Any:
+    """``trainer.devices`` as Lightning takes it: ``auto``, a count >= 1 (``-1``: all), or device indices
+    (a list, or a string such as ``"0,1"``); anything else is an error naming the key."""
+    if value == "auto" or value == -1:
+        return value
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise ValueError(f"trainer.devices={value!r} must be >= 1 (or -1 for all, or auto); to train on CPU set trainer.accelerator=cpu")
+        return value
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lstrip("-").isdigit():
+            return parse_devices(int(text))
+        parts = [p.strip() for p in text.strip("[]").split(",") if p.strip()]
+        if parts and all(p.isdigit() for p in parts):
+            return [int(p) for p in parts]
+    elif isinstance(value, (list, tuple)) and value and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in value):
+        return list(value)
+    raise ValueError(f"trainer.devices={value!r} is not a device count, a list of device indices (e.g. [0,1]) or auto")
 
-        close = difflib.get_close_matches(str(value), list(allowed), n=1)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ValueError(f"{key}={value!r} is not one of {tuple(allowed)}{hint}")
 
-
-def _positive(section: str, obj: Any, names: Sequence[str]) -> None:
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or value < 1:
-            raise ValueError(f"{section}.{name}={value!r} must be a positive integer")
-
-
-__all__ = ["RunConfig", "DataConfig", "OptimConfig", "TrainerConfig", "LoggerConfig", "WandbConfig",
+__all__ = ["RunCommon", "RunConfig", "read_yaml", "DataConfig", "OptimConfig", "TrainerConfig", "LoggerConfig", "WandbConfig",
            "CheckpointConfig", "SampleConfig", "ConfigError", "MISSING", "load_config", "to_yaml", "flat_dict",
            "to_container", "run_config_from_dict"]

@@ -11,16 +11,36 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, Ri
 
 from ..layers import TransformerBlock
 from .callbacks import SaveOnInterrupt
-from .checkpoint_io import AtomicCheckpointIO, atomic_write_text
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
+
+from .checkpoint_io import atomic_save, atomic_write_text, read_checkpoint
 from .config import RunConfig
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning checkpoint I/O through :func:`atomic_save` / :func:`read_checkpoint`: never a half-written
+    file under the target name, one-line errors for bad files."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        atomic_save(checkpoint, Path(path))
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        return read_checkpoint(path, map_location=map_location or "cpu")
+
+
 class AppendingCSVLogger(L.pytorch.loggers.CSVLogger):
-    """CSVLogger that continues an existing ``metrics.csv`` (a resumed run).
+    """CSVLogger that continues an existing ``metrics.csv`` (a resumed run) and keeps ``hparams.yaml``.
 
     Lightning's writer deletes an existing ``metrics.csv`` when it is created; this keeps the rows,
-    writes them back (atomically) and appends under the same header.
+    writes them back (atomically) and appends under the same header. Rows logged after the resumed
+    step (by a launch that was killed after its last checkpoint) are dropped, since the resumed run
+    logs those steps again. The first launch's ``hparams.yaml`` is kept: a resumed run's config goes to
+    ``config.resumed-*.yaml``.
     """
+
+    def __init__(self, *args, resume_step: int | None = None, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.resume_step = resume_step
 
     @property
     def experiment(self):
@@ -30,24 +50,55 @@ class AppendingCSVLogger(L.pytorch.loggers.CSVLogger):
         previous = Path(path).read_text() if os.path.isfile(path) else None
         writer = super().experiment
         if previous is not None and isinstance(getattr(writer, "metrics_file_path", None), str):  # rank 0's real writer
+            previous = rows_through_step(previous, self.resume_step)
             atomic_write_text(Path(writer.metrics_file_path), previous)
             header = previous.splitlines()[0].split(",") if previous else []
             writer.metrics_keys = sorted(k for k in header if k)
         return writer
 
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        if self.resume_step is not None and os.path.isfile(os.path.join(self.log_dir, "hparams.yaml")):
+            return
+        super().log_hyperparams(params, *args, **kwargs)
 
-def build_loggers(cfg: RunConfig, run_dir: Path) -> list:
+
+def rows_through_step(csv_text: str, step: int | None) -> str:
+    """``metrics.csv`` text without the rows whose ``step`` is past what the checkpoint at ``step`` had logged.
+
+    Lightning logs a training step's metrics with the step count *before* it (0 for the first), and
+    the validation run after optimizer step N with N - 1; so a checkpoint saved at step N has logged
+    exactly the rows with step < N.
+    """
+    if step is None or not csv_text:
+        return csv_text
+    import csv
+    import io
+
+    rows = list(csv.reader(io.StringIO(csv_text)))
+    if not rows or "step" not in rows[0]:
+        return csv_text
+    col = rows[0].index("step")
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(rows[0])
+    for row in rows[1:]:
+        try:
+            keep = int(float(row[col])) < step
+        except (ValueError, IndexError):
+            keep = True
+        if keep:
+            writer.writerow(row)
+    return out.getvalue()
+
+
+def build_loggers(cfg: RunConfig, run_dir: Path, *, resume_step: int | None = None) -> list:
     loggers = []
     if cfg.logger.csv:
-        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="", version="csv"))
+        loggers.append(AppendingCSVLogger(save_dir=str(run_dir), name="", version="csv", resume_step=resume_step))
     if cfg.logger.tensorboard:
         loggers.append(L.pytorch.loggers.TensorBoardLogger(save_dir=str(run_dir), name="", version="tensorboard"))
     wandb = cfg.logger.wandb
     if wandb.enabled:
-        try:
-            import wandb as _  # noqa: F401
-        except ImportError:
-            raise ValueError("logger.wandb.enabled=true needs the wandb package: pip install 'transformer-toolkit[wandb]'") from None
         offline = wandb.offline or os.environ.get("WANDB_MODE") == "offline"
         loggers.append(L.pytorch.loggers.WandbLogger(
             project=wandb.project, entity=wandb.entity, group=wandb.group, tags=list(wandb.tags) or None,
@@ -78,9 +129,11 @@ def build_strategy(cfg: RunConfig):
     return cfg.trainer.strategy
 
 
-def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = (), monitor: str = "val/loss") -> L.Trainer:
+def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = (), monitor: str = "val/loss",
+                  resume_step: int | None = None) -> L.Trainer:
     """The Trainer for a run (language model or regression: ``cfg`` needs trainer / logger / checkpoint / optim
-    sections); checkpoints keep the best ``save_top_k`` by ``monitor`` (lower is better) plus ``last.ckpt``."""
+    sections); checkpoints keep the best ``save_top_k`` by ``monitor`` (lower is better) plus ``last.ckpt``.
+    ``resume_step``: the step a run resumed in its own directory continues from (its logs are trimmed there)."""
     t = cfg.trainer
     torch.set_float32_matmul_precision("high" if t.tf32 else "highest")  # TF32 tensor cores for fp32 work on GPU
     metric = monitor.split("/")[-1]
@@ -91,7 +144,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = ()
         SaveOnInterrupt(run_dir / "checkpoints"),
         *callbacks,
     ]
-    loggers = build_loggers(cfg, run_dir)
+    loggers = build_loggers(cfg, run_dir, resume_step=resume_step)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.progress_bar:

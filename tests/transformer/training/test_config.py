@@ -50,8 +50,8 @@ def test_overrides_and_interpolation():
 @pytest.mark.parametrize(
     "overrides,message",
     [
-        (["model.attention.num_kv_head=2"], r"model\.attention\.num_kv_head.*Did you mean.*num_kv_heads"),
-        (["trainer.max_step=3"], r"trainer\.max_step.*Did you mean.*max_steps"),
+        (["model.attention.num_kv_head=2"], r"model\.attention\.num_kv_head.*did you mean.*num_kv_heads"),
+        (["trainer.max_step=3"], r"trainer\.max_step.*did you mean.*max_steps"),
         (["trainer.max_steps=abc"], r"config key trainer\.max_steps: Value 'abc'"),
         (["model.attention.type=gqa", "model.attention.num_kv_heads=3"], r"num_heads=4 is not divisible by num_kv_heads=3"),
         (["data.source=files"], r"data\.path is required"),

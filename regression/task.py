@@ -1,0 +1,147 @@
+"""The regression task: a table -> leak-free splits -> :class:`RegressionModule`, through the run skeleton.
+
+What differs from the language-model task (see :class:`transformer.training.run.Task`): the best
+checkpoint is chosen by validation RMSE, the final figures are the best checkpoint's validation
+and test metrics in original units next to a least-squares baseline fitted on the same training
+split (and, for the synthetic default, the known noise floor).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from transformer.training import checkpoint_keys as K
+from transformer.training.config import flat_dict, to_container
+from transformer.training.run import Resume, Task
+
+from .config import RegressionRunConfig
+
+
+@dataclass
+class RegressionResult:
+    run_dir: Path
+    val: dict[str, float]
+    test: dict[str, float]
+    baseline_val: dict[str, float]
+    baseline_test: dict[str, float]
+    noise_floor: float | None
+    steps: int
+    wall_time: float
+    attention: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def format(self) -> str:
+        lines = [f"\nbest checkpoint by validation RMSE; metrics in original units ({self.attention})",
+                 "| split | model | RMSE | MAE | R² |", "|---|---|---:|---:|---:|"]
+        for split, ours, base in (("validation", self.val, self.baseline_val), ("test", self.test, self.baseline_test)):
+            if ours:
+                lines.append(f"| {split} | transformer | {ours['rmse']:.4f} | {ours['mae']:.4f} | {ours['r2']:.4f} |")
+                lines.append(f"| {split} | linear least squares | {base['rmse']:.4f} | {base['mae']:.4f} | {base['r2']:.4f} |")
+        if self.noise_floor is not None:
+            lines.append(f"noise floor (irreducible RMSE of the synthetic data): {self.noise_floor:.4f}; "
+                         f"test RMSE / floor = {self.test.get('rmse', self.val['rmse']) / self.noise_floor:.3f}")
+        lines.append(f"run directory: {self.run_dir}")
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        return {"val": self.val, "test": self.test, "baseline_val": self.baseline_val, "baseline_test": self.baseline_test,
+                "noise_floor": self.noise_floor, "steps": self.steps, "wall_time_s": self.wall_time, "finished": True}
+
+
+class RegressionTask(Task):
+    name = "regression"
+    monitor = "val/rmse"
+
+    def schema(self) -> type:
+        return RegressionRunConfig
+
+    def check_inputs(self, cfg: RegressionRunConfig) -> None:
+        from .data import table_files
+
+        if cfg.data.source == "files":
+            table_files(cfg.data.path, cfg.data.format)
+
+    def build_data(self, cfg: RegressionRunConfig, rank: int):
+        from .data import build_data
+
+        return build_data(cfg.data, cfg.seed)
+
+    def check_resume(self, cfg: RegressionRunConfig, data, resume: Resume) -> None:
+        saved = resume.extras.get(K.DATA_FINGERPRINT)
+        if saved is not None and saved != data.fingerprint and not cfg.resume_allow_data_change:
+            raise ValueError(f"cannot resume from {resume.path}: the data table differs from the one it was trained on "
+                             f"({saved.get('rows')} -> {data.fingerprint['rows']} rows). Point data.path at the original "
+                             f"data, or set resume_allow_data_change=true to continue on the new data")
+
+    def build_module(self, cfg: RegressionRunConfig, data):
+        from .h_transformer import build_regressor
+        from .module import RegressionModule
+
+        pre = data.pre
+        model = build_regressor(cfg.model, kind=cfg.data.kind, num_features=len(pre.features), num_targets=len(pre.targets),
+                                horizon_steps=cfg.data.horizon_steps, cardinalities=pre.cardinalities,
+                                head_dropout=cfg.head.head_dropout)
+        return RegressionModule(model, pre, cfg.head, cfg.optim, max_steps=cfg.trainer.max_steps,
+                                horizon_steps=cfg.data.horizon_steps, compile=cfg.trainer.compile,
+                                moe_aux_loss_weight=cfg.model.moe_aux_loss_weight)
+
+    def init_weights(self, module, cfg: RegressionRunConfig):
+        from transformer.training.weights import load_weights
+
+        return load_weights(module.model, cfg.init_from, key_map={"decoder.": "encoder."}, strict=cfg.init_strict,
+                            freeze=cfg.init_freeze)
+
+    def checkpoint_extras(self, cfg: RegressionRunConfig, data) -> dict:
+        return {K.RUN_CONFIG: to_container(cfg), K.DATA_FINGERPRINT: data.fingerprint}
+
+    def hparams(self, cfg: RegressionRunConfig, data, module) -> dict:
+        return {**flat_dict(to_container(cfg)), "model.parameters": sum(p.numel() for p in module.model.parameters())}
+
+    def describe(self, cfg: RegressionRunConfig, data, module) -> str:
+        test = len(data.test) if data.test is not None else 0
+        return (f"model: {sum(p.numel() for p in module.model.parameters()):,} parameters, attention "
+                f"{cfg.model.attention.type}; data: {len(data.train):,} train / {len(data.val):,} val / {test:,} test examples")
+
+    def fit(self, cfg: RegressionRunConfig, trainer, module, data, ckpt_path: str | None) -> None:
+        self._loaders = _loaders(data, cfg, trainer.global_rank, trainer.world_size)
+        train, val, _ = self._loaders
+        trainer.fit(module, train, val, ckpt_path=ckpt_path)
+
+    def result(self, trainer, module, data, run_dir: Path, seconds: float) -> RegressionResult | None:
+        from .module import linear_baseline
+
+        cfg = module.checkpoint_extras[K.RUN_CONFIG]
+        _, val, test = self._loaders
+        best = trainer.checkpoint_callback.best_model_path or None
+        val_metrics = trainer.validate(module, val, ckpt_path=best, verbose=False)[0]
+        test_metrics = trainer.test(module, test, ckpt_path=best, verbose=False)[0] if test is not None else {}
+        if not trainer.is_global_zero:
+            return None
+        pre, horizon = data.pre, cfg["data"]["horizon_steps"]
+        baseline_val = linear_baseline(data.train, data.val, pre, horizon)
+        baseline_test = linear_baseline(data.train, data.test, pre, horizon) if data.test is not None else {}
+        pick = lambda m, prefix: {k.split("/")[1]: float(v) for k, v in m.items() if k.startswith(prefix) and k != f"{prefix}/loss"}
+        synthetic = cfg["data"]["source"] == "synthetic"
+        return RegressionResult(run_dir, pick(val_metrics, "val"), pick(test_metrics, "test"), baseline_val, baseline_test,
+                                cfg["data"]["synthetic_noise"] if synthetic else None, trainer.global_step, seconds,
+                                cfg["model"]["attention"]["type"])
+
+
+def _loaders(data, cfg: RegressionRunConfig, rank: int, world: int):
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+
+    from transformer.data.datamodule import ShardSampler
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    if world > 1:
+        train_sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
+    else:
+        train_sampler = RandomSampler(data.train, generator=g)
+    make = lambda ds, sampler: DataLoader(ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                                          generator=torch.Generator().manual_seed(cfg.seed))
+    train = make(data.train, train_sampler)
+    val = make(data.val, ShardSampler(len(data.val), rank=rank, world_size=world))
+    test = make(data.test, ShardSampler(len(data.test), rank=rank, world_size=world)) if data.test is not None else None
+    return train, val, test

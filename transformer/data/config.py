@@ -1,0 +1,77 @@
+"""The data section of a language-model run (``data:`` in a training YAML): where the text comes from,
+how it is tokenised, packed and split. Lives with the data code that reads it; the run schema
+(``transformer.training.config.RunConfig``) embeds it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..validation import choice, in_range, positive_fields
+
+DATA_SOURCES = ("python_stdlib", "files", "hub")
+TOKENIZERS = ("char", "bpe")
+FILE_FORMATS = ("text", "json", "csv", "parquet")
+
+
+@dataclass
+class DataConfig:
+    """Where the text comes from, how it is tokenised, packed and split."""
+
+    source: str = "python_stdlib"
+    """``python_stdlib`` (the installed Python's standard-library source: on every machine, no download),
+    ``files`` (local text / JSON / CSV / Parquet at ``path``) or ``hub`` (a Hugging Face dataset ``name``)."""
+    path: str | None = None
+    """``files``: a file, directory or glob (several comma-separated allowed)."""
+    format: str | None = None
+    """``files``: text | json | csv | parquet (``None``: from the file extension)."""
+    name: str | None = None
+    """``hub``: dataset name, e.g. ``wikitext``."""
+    subset: str | None = None
+    """``hub``: dataset configuration, e.g. ``wikitext-103-raw-v1``."""
+    split: str = "train"
+    """``hub``: which split to read."""
+    text_column: str = "text"
+    """Column holding the text (JSON / CSV / Parquet / hub)."""
+    max_documents: int | None = None
+    """Use at most this many documents (after sorting, for ``python_stdlib``)."""
+    max_chars: int | None = 2_000_000
+    """Stop reading once this many characters are collected (``None``: all). Keeps the default quick."""
+    tokenizer: str = "char"
+    """``char`` (one id per character seen in training text, plus EOS), ``bpe`` (byte-level BPE trained
+    on the training text), or a path to a saved ``tokenizer.json`` to reuse."""
+    vocab_size: int = 4096
+    """``bpe``: vocabulary size to train."""
+    block_size: int = 128
+    """Tokens per training example (configs usually write ``${model.max_seq_len}``)."""
+    val_fraction: float = 0.1
+    """Share of the data held out for validation."""
+    split_by: str = "position"
+    """``position``: the last ``val_fraction`` of the token stream is validation (Tiny Shakespeare's
+    standard split); ``document``: a seeded random ``val_fraction`` of documents."""
+    batch_size: int = 32
+    """Examples per device per step."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    num_proc: int = 1
+    """Processes for tokenisation (``datasets.map``)."""
+    cache_dir: str | None = None
+    """Where tokenised corpora are kept (``None``: ``<out_dir>/.cache``); reused when data + tokenizer match."""
+
+    def __post_init__(self) -> None:
+        choice("data.source", self.source, DATA_SOURCES)
+        choice("data.split_by", self.split_by, ("position", "document"))
+        if self.format is not None:
+            choice("data.format", self.format, FILE_FORMATS)
+        if self.source == "files" and not self.path:
+            raise ValueError("data.path is required when data.source='files' (a file, directory or glob)")
+        if self.source == "hub" and not self.name:
+            raise ValueError("data.name is required when data.source='hub' (e.g. wikitext)")
+        if self.tokenizer not in TOKENIZERS and not self.tokenizer.endswith(".json"):
+            raise ValueError(f"data.tokenizer={self.tokenizer!r} is not 'char', 'bpe' or a path to a tokenizer.json")
+        if not self.text_column:
+            raise ValueError("data.text_column must name a column")
+        in_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)
+        positive_fields("data", self, ("block_size", "batch_size", "vocab_size", "num_proc"))
+        positive_fields("data", self, ("max_documents", "max_chars"), optional=True)
+        in_range("data.num_workers", self.num_workers, 0)
