@@ -21,6 +21,8 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
+from transformer.errors import guarded
+from transformer.training import checkpoint_keys as K
 from transformer.training.checkpoint_io import CheckpointError, read_checkpoint
 from transformer.training.weights import strip_prefixes
 
@@ -31,13 +33,13 @@ from .h_transformer import build_regressor
 
 def load_regressor(checkpoint: str | Path):
     ckpt = read_checkpoint(checkpoint)
-    if "preprocessing" not in ckpt or ckpt.get("run_config", {}).get("task") != "regression":
+    if K.PREPROCESSING not in ckpt or (ckpt.get(K.RUN_CONFIG) or {}).get("task") != "regression":
         raise CheckpointError(f"{checkpoint} is not a regression checkpoint (no preprocessing / task: regression)")
-    cfg: RegressionRunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RegressionRunConfig), ckpt["run_config"]))
-    pre = Preprocessing.from_dict(ckpt["preprocessing"])
+    cfg: RegressionRunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RegressionRunConfig), ckpt[K.RUN_CONFIG]))
+    pre = Preprocessing.from_dict(ckpt[K.PREPROCESSING])
     model = build_regressor(cfg.model, kind=cfg.data.kind, num_features=len(pre.features), num_targets=len(pre.targets),
                             horizon_steps=cfg.data.horizon_steps, cardinalities=pre.cardinalities)
-    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+    state = {k[len("model."):]: v for k, v in ckpt[K.STATE_DICT].items() if k.startswith("model.")}
     model.load_state_dict(strip_prefixes(state))
     return model.eval(), cfg, pre
 
@@ -91,20 +93,33 @@ def predict_frame(model, cfg: RegressionRunConfig, pre: Preprocessing, frame: pd
 
 def predict_file(checkpoint, input_path, output_path, *, overwrite: bool = False) -> pd.DataFrame:
     output_path = Path(output_path)
+    if output_path.is_dir():
+        raise IsADirectoryError(f"the output {output_path} is a directory; give a file name (.csv or .parquet)")
     if output_path.exists() and not overwrite:
         raise FileExistsError(f"{output_path} exists; choose another name or pass --overwrite")
+    if not output_path.parent.is_dir():
+        raise FileNotFoundError(f"the folder {output_path.parent} for the output {output_path.name} does not exist; create it first")
+    if output_path.suffix.lower() not in (".csv", ".parquet", ".pq"):
+        raise ValueError(f"the output {output_path} must end in .csv or .parquet")
     model, cfg, pre = load_regressor(checkpoint)
     result = predict_frame(model, cfg, pre, read_table(str(input_path), None))
-    tmp = output_path.with_name(f".{output_path.name}.tmp")
-    if output_path.suffix.lower() in (".parquet", ".pq"):
-        result.to_parquet(tmp, index=False)
-    else:
-        result.to_csv(tmp, index=False)
-    os.replace(tmp, output_path)
+    tmp = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
+    try:
+        if output_path.suffix.lower() in (".parquet", ".pq"):
+            result.to_parquet(tmp, index=False)
+        else:
+            result.to_csv(tmp, index=False)
+        os.replace(tmp, output_path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    return guarded(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m regression.predict", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -112,11 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("output", help="predictions file (.csv or .parquet)")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        result = predict_file(args.checkpoint, args.input, args.output, overwrite=args.overwrite)
-    except (CheckpointError, FileNotFoundError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = predict_file(args.checkpoint, args.input, args.output, overwrite=args.overwrite)
     print(f"wrote {len(result)} predictions to {args.output}")
     return 0
 

@@ -260,17 +260,19 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import guarded
+
+    return guarded(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer.compare", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="an experiment directory (a sweep's) or run directories")
     parser.add_argument("--out", help="where to write report.md / report.csv / *.png (default: <experiment>/report)")
     parser.add_argument("--no-decode", action="store_true", help="skip measuring decode speed")
     args = parser.parse_args(argv)
-    try:
-        out = report(args.paths, args.out, measure_decode=not args.no_decode)
-    except (FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    out = report(args.paths, args.out, measure_decode=not args.no_decode)
     print((out / "report.md").read_text())
     print(f"report written to {out}")
     return 0

@@ -18,6 +18,8 @@ import copy
 import sys
 from pathlib import Path
 
+from .errors import guarded
+from .training import checkpoint_keys as K
 from .training.checkpoint_io import CheckpointError, atomic_save, read_checkpoint
 from .training.config import run_config_from_dict, to_container
 from .training.weights import load_model, load_weights
@@ -30,14 +32,19 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, to: str, num_kv_h
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new path (nothing is overwritten)")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"the folder {out.parent} for {out.name} does not exist; create it first")
     if to not in ("mha", "gqa", "mqa"):
         raise ValueError(f"--to {to!r}: conversion works between mha, gqa and mqa")
     if to == "gqa" and not num_kv_heads:
         raise ValueError("--to gqa needs --num-kv-heads")
     checkpoint = read_checkpoint(source)
-    if "run_config" not in checkpoint:
+    if K.RUN_CONFIG not in checkpoint:
         raise CheckpointError(f"{source} has no run config; it was not written by this toolkit's trainer")
-    run_cfg = run_config_from_dict(checkpoint["run_config"])
+    if (checkpoint[K.RUN_CONFIG] or {}).get("task", "lm") != "lm":
+        raise CheckpointError(f"{source} is a {checkpoint[K.RUN_CONFIG].get('task')!r} checkpoint; conversion works on "
+                              f"language-model checkpoints")
+    run_cfg = run_config_from_dict(checkpoint[K.RUN_CONFIG])
     if run_cfg.model.attention.type not in ("mha", "gqa", "mqa"):
         raise ValueError(f"{source} uses attention type {run_cfg.model.attention.type!r}; only mha/gqa/mqa convert")
     new_cfg = copy.deepcopy(run_cfg)
@@ -46,7 +53,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, to: str, num_kv_h
     new_cfg = run_config_from_dict(to_container(new_cfg))  # re-validate (e.g. heads divisible)
     source_model, _ = load_model(source)
     model = build_model(new_cfg.model)
-    report = load_weights(model, checkpoint["state_dict"])
+    report = load_weights(model, checkpoint[K.STATE_DICT])
     if not report.clean:
         raise CheckpointError("conversion left keys unconverted — " + report.format().replace("\n", ";"))
     result = {"before": None, "after": None, "converted_keys": len(report.converted)}
@@ -55,13 +62,17 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, to: str, num_kv_h
 
         result["before"] = validation_loss(source_model, run_cfg, max_batches=eval_batches)
         result["after"] = validation_loss(model, new_cfg, max_batches=eval_batches)
-    atomic_save({"state_dict": {f"model.{k}": v for k, v in model.state_dict().items()},
-                 "run_config": to_container(new_cfg), "tokenizer": checkpoint.get("tokenizer"),
-                 "converted_from": str(source), "global_step": checkpoint.get("global_step", 0)}, out)
+    atomic_save({K.STATE_DICT: {f"model.{k}": v for k, v in model.state_dict().items()},
+                 K.RUN_CONFIG: to_container(new_cfg), K.TOKENIZER: checkpoint.get(K.TOKENIZER),
+                 K.CONVERTED_FROM: str(source), K.GLOBAL_STEP: checkpoint.get(K.GLOBAL_STEP, 0)}, out)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    return guarded(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer.convert", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -71,12 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-eval", action="store_true", help="skip measuring validation loss")
     parser.add_argument("--eval-batches", type=int, default=None, help="validation batches (default: the run's limit)")
     args = parser.parse_args(argv)
-    try:
-        result = convert_checkpoint(args.checkpoint, args.out, to=args.to, num_kv_heads=args.num_kv_heads,
-                                    evaluate=not args.no_eval, eval_batches=args.eval_batches)
-    except (CheckpointError, FileExistsError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    result = convert_checkpoint(args.checkpoint, args.out, to=args.to, num_kv_heads=args.num_kv_heads,
+                                evaluate=not args.no_eval, eval_batches=args.eval_batches)
     print(f"wrote {args.out} ({result['converted_keys']} attention projections converted)")
     if result["before"] is not None:
         print(f"validation loss before conversion: {result['before']:.4f}\n"

@@ -17,6 +17,8 @@ import os
 import sys
 from pathlib import Path
 
+from .errors import guarded
+from .training import checkpoint_keys as K
 from .training.checkpoint_io import CheckpointError, atomic_write_text, read_checkpoint
 from .training.weights import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_model
 
@@ -25,10 +27,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool =
     from safetensors.torch import save_file
 
     out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} is a file; the export is a directory: choose a new directory name")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
     model, tokenizer = load_model(checkpoint)
-    run_config = read_checkpoint(checkpoint).get("run_config", {})
+    run_config = read_checkpoint(checkpoint).get(K.RUN_CONFIG, {})
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in _tied_alias_names(model)}
     files = {EXPORT_CONFIG: json.dumps(model.cfg.to_dict(), indent=2), "run_config.json": json.dumps(run_config, indent=2)}
@@ -55,6 +59,10 @@ def _tied_alias_names(model) -> set[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    return guarded(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint")
@@ -62,11 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hf", action="store_true", help="also write a Hugging Face-format copy in OUT_DIR/hf")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    try:
-        out = export_checkpoint(args.checkpoint, args.out_dir, hf=args.hf, overwrite=args.overwrite)
-    except (CheckpointError, FileExistsError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    out = export_checkpoint(args.checkpoint, args.out_dir, hf=args.hf, overwrite=args.overwrite)
     print(f"exported {args.checkpoint} -> {out}")
     return 0
 

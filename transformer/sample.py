@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from .data.tokenizer import load_tokenizer
+from .errors import guarded
 from .generation import generate
 from .training.checkpoint_io import CheckpointError
 from .training.weights import load_model
@@ -27,10 +28,9 @@ def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temper
         if not candidate.is_file():
             raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
         tokenizer_json = candidate.read_text()
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as f:
-        f.write(tokenizer_json)
-    tokenizer = load_tokenizer(f.name)
-    Path(f.name).unlink()
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.json").write_text(tokenizer_json)
+        tokenizer = load_tokenizer(Path(tmp) / "tokenizer.json")
     ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     room = model.cfg.max_seq_len - len(ids)
     if room < 1:
@@ -42,6 +42,10 @@ def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temper
 
 
 def main(argv: list[str] | None = None) -> int:
+    return guarded(_main, argv)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a .ckpt file, an export directory, or a Hugging Face directory")
@@ -51,12 +55,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    try:
-        print(sample(args.source, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                     top_k=args.top_k, seed=args.seed))
-    except (CheckpointError, FileNotFoundError, ValueError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
+    if args.max_new_tokens < 0:
+        parser.error(f"--max-new-tokens {args.max_new_tokens} must be >= 0")
+    if args.temperature < 0:
+        parser.error(f"--temperature {args.temperature} must be >= 0 (0 = greedy)")
+    if args.top_k is not None and args.top_k < 1:
+        parser.error(f"--top-k {args.top_k} must be >= 1")
+    if not Path(args.source).exists():
+        raise FileNotFoundError(f"{args.source} does not exist (a .ckpt file, an export directory or a Hugging Face directory)")
+    print(sample(args.source, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                 top_k=args.top_k, seed=args.seed))
     return 0
 
 

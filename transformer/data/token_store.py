@@ -46,6 +46,7 @@ class PreparedCorpus:
     train_tokens: int
     val_tokens: int
     checksums: dict[str, str] = field(default_factory=dict)  # file name -> blake2b hex
+    created: bool = False  # built by this call (not reused): a failed start removes it again
 
     @property
     def fingerprint(self) -> dict[str, object]:
@@ -199,7 +200,9 @@ def _alive(pid: int) -> bool:
 
 
 def _build(cfg: DataConfig, seed: int, cache_root: Path, directory: Path) -> None:
-    """Tokenise into a private temporary directory, then rename it to ``directory``."""
+    """Tokenise into a private temporary directory, then rename it to ``directory``. A build that fails
+    leaves nothing behind (nor the cache directory, if this call created it)."""
+    new_root = not cache_root.exists()
     cache_root.mkdir(parents=True, exist_ok=True)
     _clean_stale_builds(cache_root)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-corpus-{socket.gethostname()}-{os.getpid()}-", dir=cache_root))
@@ -218,6 +221,7 @@ def _build(cfg: DataConfig, seed: int, cache_root: Path, directory: Path) -> Non
         tokenizer.save(tmp / "tokenizer.json")
         counts = {split: _write_tokens(docs, tokenizer, tmp / f"{split}.bin", dtype, cfg.num_proc)
                   for split, docs in (("train", train_docs), ("val", val_docs))}
+        _check_counts(counts["train"], counts["val"], cfg)  # before anything lands in the cache
         meta = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "dtype": dtype,
                 "train_tokens": counts["train"], "val_tokens": counts["val"], "format": FORMAT_VERSION,
                 "files": {n: (tmp / n).stat().st_size for n in CACHE_FILES},
@@ -229,7 +233,34 @@ def _build(cfg: DataConfig, seed: int, cache_root: Path, directory: Path) -> Non
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        if new_root:
+            remove_empty_dirs(cache_root)
         raise
+
+
+def remove_empty_dirs(path: Path) -> None:
+    """``rmdir`` ``path`` if it is empty (nothing else: never a directory with files)."""
+    try:
+        path.rmdir()
+    except OSError:
+        pass
+
+
+def _check_counts(train_tokens: int, val_tokens: int, cfg: DataConfig) -> None:
+    need = cfg.block_size + 1
+    for split, have in (("train", train_tokens), ("val", val_tokens)):
+        if have < need:
+            raise ValueError(
+                f"the {split} split has {have} tokens, fewer than data.block_size + 1 = {need} needed for one example; "
+                f"add data, lower data.block_size, or change data.val_fraction"
+            )
+
+
+def discard_corpus(corpus: PreparedCorpus) -> None:
+    """Remove a corpus this run built, when the run's start failed (so a failed start changes no files)."""
+    if corpus.created:
+        _discard(corpus.directory)
+        remove_empty_dirs(corpus.directory.parent)
 
 
 def _discard(directory: Path) -> None:
@@ -252,20 +283,15 @@ def prepare_corpus(cfg: DataConfig, *, seed: int, cache_root: str | Path) -> Pre
         if problem is not None:
             print(f"warning: the token cache is damaged ({problem}); rebuilding it from the data", file=sys.stderr)
             _discard(directory)
+    created = False
     if not directory.exists():
         _build(cfg, seed, cache_root, directory)
+        created = True
         problem = cache_problem(directory)
         if problem is not None:  # written a moment ago: the disk or another process is at fault
             raise RuntimeError(f"the token cache just written is unusable: {problem}")
     meta = json.loads((directory / "meta.json").read_text())
     corpus = PreparedCorpus(directory, meta["vocab_size"], meta["eos_id"], meta["dtype"], meta["train_tokens"],
-                            meta["val_tokens"], meta["checksums"])
-    need = cfg.block_size + 1
-    for split in ("train", "val"):
-        have = getattr(corpus, f"{split}_tokens")
-        if have < need:
-            raise ValueError(
-                f"the {split} split has {have} tokens, fewer than data.block_size + 1 = {need} needed for one example; "
-                f"add data, lower data.block_size, or change data.val_fraction"
-            )
+                            meta["val_tokens"], meta["checksums"], created)
+    _check_counts(corpus.train_tokens, corpus.val_tokens, cfg)
     return corpus

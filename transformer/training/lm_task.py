@@ -58,6 +58,12 @@ class LanguageModelTask(Task):
         datamodule.prepare()
         return datamodule
 
+    def abandon_data(self, data) -> None:
+        from ..data.token_store import discard_corpus
+
+        if data.corpus is not None:
+            discard_corpus(data.corpus)
+
     def settle_config(self, cfg: RunConfig, data, rank: int) -> None:
         vocab = data.corpus.vocab_size
         if cfg.model.vocab_size != vocab:

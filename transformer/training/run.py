@@ -4,7 +4,8 @@
 
 1. ``check_run_inputs`` + ``task.check_inputs`` — every path, device and optional package is checked
    before anything heavy is imported or any file is written;
-2. ``resolve_resume`` — the checkpoint to continue (read once, checked: task, finished runs);
+2. ``resolve_resume`` + ``check_resume_config`` — the checkpoint to continue (read once, checked: task,
+   finished runs, model and optimizer settings);
 3. ``resolve_run_dir`` — where the run writes; a run resumed in place is locked now, so a second
    writer is refused before it does any work;
 4. seed, then ``task.build_data`` (may write only the token cache) and ``task.settle_config``
@@ -55,6 +56,9 @@ class Task:
 
     def build_data(self, cfg, rank: int) -> Any:
         raise NotImplementedError
+
+    def abandon_data(self, data) -> None:
+        """The start failed: remove what ``build_data`` wrote (a cache it created), so no file changed."""
 
     def settle_config(self, cfg, data, rank: int) -> None:
         """Fill in config values that the data decides (e.g. ``model.vocab_size``)."""
@@ -199,12 +203,17 @@ def resolve_resume(cfg) -> Resume | None:
     return Resume(path, step, run_config, is_last_checkpoint_of_its_run(path), extras, tracked)
 
 
-def check_resume_config(cfg, resume: Resume) -> None:
-    """The model must be the checkpoint's; so must the optimizer settings its restored state carries."""
+def check_resume_config(cfg, resume: Resume, *, before_data: bool = False) -> None:
+    """The model must be the checkpoint's; so must the optimizer settings its restored state carries.
+    ``before_data``: skip ``model.vocab_size``, which the data may still set."""
     from .checkpoint_io import model_config_differences
 
     current = to_container(cfg)
-    diffs = model_config_differences(resume.run_config.get("model", {}), current["model"])
+    saved_model = dict(resume.run_config.get("model", {}))
+    if before_data:
+        saved_model.pop("vocab_size", None)
+        current["model"].pop("vocab_size", None)
+    diffs = model_config_differences(saved_model, current["model"])
     if diffs:
         raise ValueError(f"cannot resume from {resume.path}: the model differs from the checkpoint's — {'; '.join(diffs)}")
     saved_optim = resume.run_config.get("optim", {})
@@ -227,12 +236,16 @@ def run(cfg, task: Task | None = None):
     check_run_inputs(cfg)
     task.check_inputs(cfg)
     resume = resolve_resume(cfg)
+    if resume is not None:
+        check_resume_config(cfg, resume, before_data=True)  # fail before the data is read
     place = resolve_run_dir(cfg, resume.path if resume else None, resume_in_place=resume.in_place if resume else True)
     rank = _rank()
     lock: RunLock | None = None
     created: Path | None = None
+    data = None
     fitting = False
     set_env = False
+    out_dir_existed = Path(cfg.out_dir).exists()
     try:
         if place.kind == "resume" and rank == 0:
             lock = RunLock(place.path)
@@ -293,14 +306,37 @@ def run(cfg, task: Task | None = None):
             atomic_write_text(run_dir / "result.json", json.dumps(result.to_json(), indent=2, default=float))
         return result
     except BaseException:
-        if created is not None and not fitting:
-            shutil.rmtree(created, ignore_errors=True)  # a failed start leaves no run directory behind
+        if not fitting and place.kind != "peer":  # a failed start leaves no run directory, cache or out_dir behind
+            if created is not None:
+                shutil.rmtree(created, ignore_errors=True)
+            if data is not None and rank == 0:
+                task.abandon_data(data)
+            if not out_dir_existed:
+                _remove_empty_tree(Path(cfg.out_dir))
         raise
     finally:
         if set_env:
             os.environ.pop(RUN_DIR_ENV, None)
         if lock is not None:
             lock.release()
+
+
+def _remove_empty_tree(path: Path) -> None:
+    """Remove ``path`` if nothing but empty directories are under it."""
+    if not path.is_dir():
+        return
+    for sub in sorted(path.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        if sub.is_dir():
+            try:
+                sub.rmdir()
+            except OSError:
+                return
+        else:
+            return
+    try:
+        path.rmdir()
+    except OSError:
+        pass
 
 
 def write_run_files(run_dir: Path, cfg, files: dict[str, str]) -> None:

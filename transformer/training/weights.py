@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..config import ModelConfig
+from . import checkpoint_keys as K
 from .checkpoint_io import CheckpointError, read_checkpoint
 
 WRAPPER_PREFIXES = ("_orig_mod.", "model.", "module.")
@@ -60,7 +61,10 @@ def read_weights(source: str | Path) -> tuple[dict[str, Tensor], ModelConfig | N
 
             if not (path / EXPORT_WEIGHTS).is_file():
                 raise CheckpointError(f"{path} has {EXPORT_CONFIG} but no {EXPORT_WEIGHTS}")
-            cfg = ModelConfig.from_dict(json.loads((path / EXPORT_CONFIG).read_text()))
+            try:
+                cfg = ModelConfig.from_dict(json.loads((path / EXPORT_CONFIG).read_text()))
+            except (ValueError, TypeError, UnicodeDecodeError) as err:
+                raise CheckpointError(f"{path / EXPORT_CONFIG} is not a valid model config ({' '.join(str(err).split())[:160]})") from None
             tok = (path / EXPORT_TOKENIZER).read_text() if (path / EXPORT_TOKENIZER).is_file() else None
             try:
                 return load_file(path / EXPORT_WEIGHTS), cfg, tok
@@ -73,9 +77,9 @@ def read_weights(source: str | Path) -> tuple[dict[str, Tensor], ModelConfig | N
             return model.state_dict(), model.cfg, None
         raise CheckpointError(f"{path} is neither an export ({EXPORT_CONFIG}) nor a Hugging Face directory (config.json)")
     checkpoint = read_checkpoint(path)
-    run_cfg = checkpoint.get("run_config") or {}
+    run_cfg = checkpoint.get(K.RUN_CONFIG) or {}
     cfg = ModelConfig.from_dict(run_cfg["model"]) if "model" in run_cfg else None
-    return checkpoint["state_dict"], cfg, checkpoint.get("tokenizer")
+    return checkpoint[K.STATE_DICT], cfg, checkpoint.get(K.TOKENIZER)
 
 
 def load_model(source: str | Path) -> tuple[nn.Module, str | None]:
