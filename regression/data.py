@@ -92,9 +92,9 @@ def read_table(path_spec: str, fmt: str | None) -> pd.DataFrame:
     try:
         frame = datasets.load_dataset(fmt, data_files=files, split="train").to_pandas()
     except Exception as err:  # datasets wraps parser errors in its own types; name the files instead
-        cause = err.__cause__ or err
-        detail = str(cause).splitlines()[0][:200] if str(cause) else type(cause).__name__
-        raise ValueError(f"cannot read {', '.join(files)} as {fmt}: {detail}") from None
+        from transformer.data.corpus import dataset_read_error
+
+        raise ValueError(dataset_read_error(files, fmt, err)) from None
     if len(frame) == 0:
         raise ValueError(f"{', '.join(files)} hold(s) no data rows (only a header?)")
     return frame

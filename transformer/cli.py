@@ -61,6 +61,9 @@ def _main_sweep(args: argparse.Namespace) -> int:
         plan = plan_from_yaml(args.sweep_config)
         plan.overrides += args.overrides
     else:
+        bad = [a for a in args.sweep if "=" not in a or a.startswith("=")]
+        if bad:
+            raise ConfigError(f"--sweep expects key=v1,v2,...; got {bad[0]!r}")
         # key=v1,v2 is a swept axis; a single key=value after --sweep is an ordinary override for every run
         axes = [a for a in args.sweep if "," in a.split("=", 1)[-1]]
         fixed = [a for a in args.sweep if a not in axes]

@@ -1,7 +1,19 @@
-"""Data: raw documents -> tokenizer -> packed memory-mapped token store -> Lightning DataModule."""
+"""Data: raw documents -> tokenizer -> packed memory-mapped token store -> Lightning DataModule.
 
-from .datamodule import LMDataModule
-from .token_store import PreparedCorpus, prepare_corpus
-from .tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
+Names are imported on first use, so reading the data schema (``transformer.data.config``) for a
+config error does not load Lightning or ``datasets``.
+"""
 
-__all__ = ["BPETokenizer", "CharTokenizer", "LMDataModule", "PreparedCorpus", "load_tokenizer", "prepare_corpus"]
+from importlib import import_module
+
+_EXPORTS = {"LMDataModule": ".datamodule", "PreparedCorpus": ".token_store", "prepare_corpus": ".token_store",
+            "BPETokenizer": ".tokenizer", "CharTokenizer": ".tokenizer", "load_tokenizer": ".tokenizer",
+            "DataConfig": ".config"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

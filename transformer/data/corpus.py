@@ -70,6 +70,15 @@ def check_text_file(path: str | os.PathLike, *, what: str = "data file", sample_
         raise ValueError(f"{what} {str(path)!r} holds only whitespace; there is no text to train on")
 
 
+def dataset_read_error(files: list[str], fmt: str, err: BaseException) -> str:
+    """A one-line message for ``datasets.load_dataset`` failing on local files (its errors name neither)."""
+    cause = err.__cause__ or err
+    detail = " ".join(str(cause).split())[:200] or type(cause).__name__
+    if "corresponds to no data" in detail:
+        return f"{', '.join(files)} hold(s) no data rows (only a header?)"
+    return f"cannot read {', '.join(files)} as {fmt} (set data.format if that is not its format): {detail}"
+
+
 def check_data_files(cfg: DataConfig) -> list[str]:
     """The files ``data.*`` names, checked before any work: they exist, are not empty, and text / JSON /
     CSV files are UTF-8 text. Returns them ([] for sources that are not files)."""
@@ -112,14 +121,12 @@ def load_documents(cfg: DataConfig):
         try:
             ds = datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)
         except Exception as err:  # datasets wraps parser errors in its own types; name the files instead
-            cause = err.__cause__ or err
-            detail = " ".join(str(cause).split())[:200] or type(cause).__name__
-            raise ValueError(f"cannot read {', '.join(files)} as {fmt} (data.format): {detail}") from None
+            raise ValueError(dataset_read_error(files, fmt, err)) from None
     else:
         try:
             ds = datasets.load_dataset(cfg.name, cfg.subset, split=cfg.split)
         except Exception as err:  # offline / unknown name: say what to do instead
-            raise RuntimeError(
+            raise ValueError(
                 f"could not load hub dataset data.name={cfg.name!r} (subset={cfg.subset!r}, split={cfg.split!r}): "
                 f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}. Without network access, "
                 f"download it elsewhere and use data.source=files with data.path."

@@ -256,8 +256,8 @@ def run(cfg, task: Task | None = None):
         data = task.build_data(cfg, rank)
         task.settle_config(cfg, data, rank)
         if resume is not None:
+            task.check_resume(cfg, data, resume)  # tokenizer / data first: they explain a vocabulary change
             check_resume_config(cfg, resume)
-            task.check_resume(cfg, data, resume)
         module = task.build_module(cfg, data)
         if cfg.init_from:
             report = task.init_weights(module, cfg)

@@ -165,7 +165,8 @@ def load_weights(model: nn.Module, source: str | Path | dict[str, Tensor], *, st
         if alias in report.missing or alias not in state:
             merged[alias] = merged[original]
     if strict and not report.clean:
-        raise CheckpointError("strict weight loading failed — " + report.format().replace("\n", ";"))
+        where = "" if isinstance(source, dict) else str(source)
+        raise CheckpointError("strict weight loading failed (init_strict=true) — " + report.format(where).replace("\n", ";"))
     model.load_state_dict(merged, strict=True)
     if freeze:
         prefixes = tuple(freeze)
