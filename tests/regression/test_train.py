@@ -71,3 +71,28 @@ def test_embedded_default_reaches_the_noise_floor_and_beats_linear(tmp_path, att
     print(f"test RMSE {result.test['rmse']:.4f} vs noise floor {result.noise_floor} vs linear {result.baseline_test['rmse']:.4f}")
     assert result.test["rmse"] <= 1.10 * result.noise_floor
     assert result.test["rmse"] < result.baseline_test["rmse"]
+
+
+def test_regression_module_honours_compile_and_the_moe_aux_loss():
+    from regression.config import HeadConfig
+    from regression.data import Preprocessing, Scaler
+    from regression.h_transformer import build_regressor
+    from regression.module import RegressionModule
+    from transformer.config import ModelConfig
+    from transformer.training.config import OptimConfig
+
+    cfg = ModelConfig(kind="encoder", vocab_size=1, embed_dim=16, num_heads=2, num_layers=1, max_seq_len=8, pooling="last",
+                      moe_num_experts=2, moe_top_k=1, attention={"type": "mha", "positional": "rope"})
+    model = build_regressor(cfg, kind="sequence", num_features=3, num_targets=1)
+    pre = Preprocessing(["a", "b", "c"], [], ["y"], Scaler("none", np.zeros(3), np.ones(3)), Scaler("none", np.zeros(1), np.ones(1)), {}, [])
+    batch = (torch.randn(4, 8, 3), torch.zeros(4, 8, 0, dtype=torch.long), torch.randn(4, 1))
+    losses = {}
+    for weight in (0.0, 1.0):
+        module = RegressionModule(model, pre, HeadConfig(), OptimConfig(), max_steps=2, moe_aux_loss_weight=weight)
+        module.log = lambda *a, **k: None
+        losses[weight] = module.training_step(batch, 0)
+    _, aux = model(batch[0], batch[1], return_aux=True)
+    assert aux is not None and torch.allclose(losses[1.0] - losses[0.0], aux)
+    compiled = RegressionModule(model, pre, HeadConfig(), OptimConfig(), max_steps=2, compile=True)
+    compiled.configure_model()
+    assert type(compiled.model).__name__ == "OptimizedModule"
