@@ -85,6 +85,12 @@ def _cases() -> list[Case]:
     add("resume-and-init", TRAIN + LM + ["resume_from=auto", "init_from=export"], r"resume_from and init_from are exclusive")
     add("allow-data-change-alone", TRAIN + LM + ["resume_allow_data_change=true"], r"resume_allow_data_change=true only applies with resume_from")
     add("fused-with-amp-clip", TRAIN + LM + ["optim.fused=true", "trainer.precision=bf16-mixed"], r"optim.fused=true cannot be combined")
+    add("save-top-k-below-minus-one", TRAIN + LM + ["checkpoint.save_top_k=-5"], r"checkpoint.save_top_k=-5 must be in \[-1")
+    add("sample-temperature-negative", TRAIN + LM + ["sample.temperature=-1"], r"sample.temperature=-1.0 must be in")
+    add("sample-prompt-no-room", TRAIN + LM + ["sample.max_new_tokens=5", "sample.prompt=" + "x" * 30],
+        r"sample.prompt is 30 tokens, which leaves no room under model.max_seq_len=16")
+    add("section-given-a-scalar", TRAIN + LM + ["model=5"], r"config key model: .*override 'model=5'")
+    add("seed-negative", TRAIN + LM + ["seed=-1"], r"seed=-1 must be in \[0, 4294967295\]")
     add("regression-peak-flops", TRAIN + REG + ["trainer.peak_flops=1e12"], r"trainer.peak_flops is for the MFU metric")
     add("regression-unknown-key", TRAIN + REG + ["data.windw=3"], r"unknown config key data.windw; did you mean data.window")
     # ---------------------------------------------------------------- data and tokenizers
@@ -103,6 +109,8 @@ def _cases() -> list[Case]:
     add("data-unknown-extension", data("data.path=file.xyz"), r"data.format is not set and 'file.xyz' has no known extension")
     add("data-header-only-csv", data("data.path=header.csv"), r"header.csv hold\(s\) no data rows")
     add("data-hub-offline", TRAIN + LM + ["data.source=hub", "data.name=no-such-dataset-xyz"], r"could not load hub dataset data.name='no-such-dataset-xyz'")
+    add("data-parquet-garbage", data("data.path=garbage.parquet"), r"cannot read garbage.parquet as parquet")
+    add("data-csv-not-parquet", data("data.path=table.csv", "data.format=parquet"), r"cannot read table.csv as parquet")
     add("tokenizer-missing", data("data.tokenizer=nope.json"), r"tokenizer file 'nope.json' does not exist")
     add("tokenizer-malformed", data("data.tokenizer=tok_bad.json"), r"tokenizer file tok_bad.json is not valid JSON \(.* line 1, column \d+\)")
     add("tokenizer-not-a-tokenizer", data("data.tokenizer=tok_wrong.json"), r"tok_wrong.json is not a Hugging Face tokenizers file")
@@ -133,6 +141,9 @@ def _cases() -> list[Case]:
     add("init-garbage", data("init_from=garbage.ckpt"), r"garbage.ckpt is corrupt or truncated")
     add("init-foreign-dir", data("init_from=emptydir"), r"emptydir is neither an export .* nor a Hugging Face directory")
     add("init-strict-shape", data("init_from=export", "init_strict=true", "model.embed_dim=32"), r"strict weight loading failed")
+    add("init-hf-bad-json", data("init_from=hf_bad_json"), r"hf_bad_json/config.json is not valid JSON")
+    add("init-hf-missing-key", data("init_from=hf_missing_key"), r"hf_missing_key/config.json lacks 'num_attention_heads'")
+    add("init-hf-unsupported", data("init_from=hf_mamba"), r"model_type='mamba' is not supported")
     add("init-broken-export", data("init_from=broken_export"), r"model_config.json is not a valid model config")
     # ---------------------------------------------------------------- sweeps
     add("sweep-config-missing", TRAIN + ["--sweep-config", "nope.yaml"], r"sweep config 'nope.yaml' does not exist")
@@ -219,6 +230,11 @@ def _write_files(ws: Path) -> None:
     (ws / "afile").write_text("a plain file\n")
     (ws / "emptydir").mkdir()
     (ws / "garbage.ckpt").write_bytes(os.urandom(2000))
+    for name, text in (("hf_bad_json", "{bad"), ("hf_missing_key", '{"model_type": "llama"}'),
+                       ("hf_mamba", '{"model_type": "mamba"}')):
+        (ws / name).mkdir()
+        (ws / name / "config.json").write_text(text)
+    (ws / "garbage.parquet").write_bytes(b"PAR1" + os.urandom(100))
     (ws / "broken_export").mkdir()
     (ws / "broken_export" / "model_config.json").write_text("{not json")
     (ws / "broken_export" / "model.safetensors").write_bytes(b"")

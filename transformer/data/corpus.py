@@ -132,7 +132,8 @@ def load_documents(cfg: DataConfig):
                 f"download it elsewhere and use data.source=files with data.path."
             ) from None
     if cfg.text_column not in ds.column_names:
-        raise ValueError(f"data.text_column={cfg.text_column!r} is not a column of the data (columns: {ds.column_names})")
+        names = [n if len(n) <= 40 else n[:37] + "..." for n in ds.column_names[:20]]
+        raise ValueError(f"data.text_column={cfg.text_column!r} is not a column of the data (columns: {names})")
     if not _is_text_feature(ds.features[cfg.text_column]):
         raise ValueError(f"data.text_column={cfg.text_column!r} holds {ds.features[cfg.text_column]}, not text; "
                          f"name the column with the documents' text")

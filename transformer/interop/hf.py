@@ -217,11 +217,20 @@ def read_state_dict(directory: Path) -> dict[str, Tensor]:
 
 def read_hf_config(path: str | os.PathLike) -> tuple[dict, ModelConfig]:
     """``config.json`` as a dict and as our :class:`ModelConfig`."""
-    hf = json.loads((_checkpoint_dir(path) / "config.json").read_text())
+    config_path = _checkpoint_dir(path) / "config.json"
+    try:
+        hf = json.loads(config_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as err:
+        raise ValueError(f"{config_path} is not valid JSON ({' '.join(str(err).split())[:160]})") from None
+    if not isinstance(hf, dict):
+        raise ValueError(f"{config_path} holds a JSON {type(hf).__name__}, not a model config")
     model_type = hf.get("model_type")
     if model_type not in FAMILIES:
         raise ValueError(f"config.json model_type={model_type!r} is not supported; supported: {', '.join(SUPPORTED)}")
-    return hf, FAMILIES[model_type].config(hf)
+    try:
+        return hf, FAMILIES[model_type].config(hf)
+    except KeyError as err:
+        raise ValueError(f"{config_path} lacks {err.args[0]!r}, which a {model_type} config needs") from None
 
 
 def load_hf_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None) -> nn.Module:

@@ -133,8 +133,11 @@ class LoggerConfig:
 @dataclass
 class CheckpointConfig:
     save_top_k: int = 2
-    """Keep the k best checkpoints by validation loss (and always ``last.ckpt``)."""
+    """Keep the k best checkpoints by validation loss (and always ``last.ckpt``); 0: none, -1: all."""
     save_last: bool = True
+
+    def __post_init__(self) -> None:
+        in_range("checkpoint.save_top_k", self.save_top_k, -1)
 
 
 @dataclass
@@ -147,7 +150,14 @@ class SampleConfig:
     max_new_tokens: int = 200
     """Length of each sample (0: no samples)."""
     temperature: float = 0.8
+    """0: greedy."""
     top_k: int | None = 50
+
+    def __post_init__(self) -> None:
+        in_range("sample.every_n_steps", self.every_n_steps, 0)
+        in_range("sample.max_new_tokens", self.max_new_tokens, 0)
+        in_range("sample.temperature", self.temperature, 0.0)
+        positive_fields("sample", self, ("top_k",), optional=True)
 
 
 @dataclass
@@ -189,6 +199,7 @@ class RunCommon:
             raise ValueError(f"name={self.name!r} must be a non-empty name without '/' (it names the run directory)")
         if not self.out_dir:
             raise ValueError("out_dir must name a directory")
+        in_range("seed", self.seed, 0, 2**32 - 1)
         if self.resume_from and self.init_from:
             raise ValueError("resume_from and init_from are exclusive: resume continues a run, init_from starts a new one")
         if self.resume_allow_data_change and not self.resume_from:
@@ -313,7 +324,10 @@ def _nest(key: str, value: Any) -> dict:
 
 
 def _describe(err: OmegaConfBaseException, schema: type, source: str | None) -> str:
-    key = getattr(err, "full_key", None) or "?"
+    key = getattr(err, "full_key", None) or ""
+    if not key and source and source.startswith("from the override"):
+        key = source.split("'", 2)[1].split("=", 1)[0]
+    key = key or "?"
     first = str(err).splitlines()[0]
     where = f" ({source})" if source else ""
     from omegaconf.errors import ConfigAttributeError, ConfigKeyError

@@ -70,6 +70,11 @@ class LanguageModelTask(Task):
             if rank == 0:
                 print(f"model.vocab_size set to {vocab} from the tokenizer (config said {cfg.model.vocab_size})")
             cfg.model.vocab_size = vocab
+        if cfg.sample.max_new_tokens:  # a prompt with no room would fail only after training
+            prompt = len(data.corpus.tokenizer().encode(cfg.sample.prompt)) or 1
+            if prompt >= cfg.model.max_seq_len:
+                raise ValueError(f"sample.prompt is {prompt} tokens, which leaves no room under model.max_seq_len="
+                                 f"{cfg.model.max_seq_len}; shorten it or set sample.max_new_tokens=0")
 
     def check_resume(self, cfg: RunConfig, data, resume: Resume) -> None:
         corpus = data.corpus
