@@ -180,6 +180,9 @@ def _cases() -> list[Case]:
     add("predict-missing-columns", PREDICT + ["{reg_ckpt}", "other_table.csv", "p.csv"], r"column\(s\) \['a', 'b'\] not in the data")
     add("predict-binary-input", PREDICT + ["{reg_ckpt}", "binary.csv", "p.csv"], r"'binary.csv' is binary")
     add("predict-out-extension", PREDICT + ["{reg_ckpt}", "table.csv", "p.txt"], r"must end in .csv or .parquet")
+    add("export-regression", EXPORT + ["{reg_ckpt}", "out"], r"is a 'regression' checkpoint, not a 'lm' one")
+    add("sample-regression", SAMPLE + ["{reg_ckpt}"], r"is a 'regression' checkpoint, not a 'lm' one")
+    add("compare-damaged-metrics", COMPARE + ["damaged_run", "--no-decode"], r"damaged_run/csv/metrics.csv is damaged")
     add("compare-missing", COMPARE + ["nope_dir", "--no-decode"], r"nope_dir does not exist")
     add("compare-no-runs", COMPARE + ["emptydir", "--no-decode"], r"no run")
     return c
@@ -265,6 +268,9 @@ def workspace(tmp_path_factory):
     (ws / "truncated.ckpt").write_bytes((ws / lm_ckpt).read_bytes()[:3000])
     torch.save([1, 2, 3], ws / "foreign.ckpt")
     reg_ckpt = next((ws / reg.run_dir / "checkpoints").glob("step*.ckpt")).relative_to(ws)
+    damaged = ws / "damaged_run"
+    shutil.copytree(ws / lm.run_dir, damaged, ignore=shutil.ignore_patterns("checkpoints"))
+    (damaged / "csv" / "metrics.csv").write_text('step,train/loss\n0,"unterminated\n')
     return ws, {"lm_ckpt": str(lm_ckpt), "reg_ckpt": str(reg_ckpt), "run": str(lm.run_dir)}
 
 

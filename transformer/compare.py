@@ -77,16 +77,29 @@ def find_runs(paths: list[str | Path]) -> tuple[list[Path], list[str]]:
 
 
 def load_run(path: Path) -> Run:
-    config = yaml.safe_load((path / "config.yaml").read_text())
+    """One run's config, logged history and result; a damaged file is named in a one-line error."""
+    try:
+        config = yaml.safe_load((path / "config.yaml").read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path / 'config.yaml'} is not a readable run config ({' '.join(str(err).split())[:120]})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / 'config.yaml'} does not hold a run config")
     history = pd.DataFrame()
     if (path / "csv" / "metrics.csv").is_file():
-        history = pd.read_csv(path / "csv" / "metrics.csv")
+        try:
+            history = pd.read_csv(path / "csv" / "metrics.csv")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path / 'csv' / 'metrics.csv'} is damaged ({' '.join(str(err).split())[:120]}); "
+                             f"leave that run out of the comparison") from None
     else:
         summaries = sorted(path.glob("wandb/*run-*/files/wandb-summary.json"))
         if summaries:
             summary = json.loads(summaries[-1].read_text())
             history = pd.DataFrame([{k: v for k, v in summary.items() if isinstance(v, (int, float))}])
-    result = json.loads((path / "result.json").read_text()) if (path / "result.json").is_file() else {}
+    try:
+        result = json.loads((path / "result.json").read_text()) if (path / "result.json").is_file() else {}
+    except ValueError:
+        raise ValueError(f"{path / 'result.json'} is not valid JSON; leave that run out of the comparison") from None
     return Run(path, config, flat_dict(config), history, result)
 
 

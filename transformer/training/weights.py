@@ -52,8 +52,9 @@ class LoadReport:
         return "\n".join(lines)
 
 
-def read_weights(source: str | Path) -> tuple[dict[str, Tensor], ModelConfig | None, str | None]:
-    """-> (state dict with our key names, the source's model config if known, tokenizer JSON if bundled)."""
+def read_weights(source: str | Path, *, require_task: str | None = None) -> tuple[dict[str, Tensor], ModelConfig | None, str | None]:
+    """-> (state dict with our key names, the source's model config if known, tokenizer JSON if bundled).
+    ``require_task``: a training checkpoint of another task (e.g. a regression one) is an error."""
     path = Path(source)
     if path.is_dir():
         if (path / EXPORT_CONFIG).is_file():
@@ -78,6 +79,9 @@ def read_weights(source: str | Path) -> tuple[dict[str, Tensor], ModelConfig | N
         raise CheckpointError(f"{path} is neither an export ({EXPORT_CONFIG}) nor a Hugging Face directory (config.json)")
     checkpoint = read_checkpoint(path)
     run_cfg = checkpoint.get(K.RUN_CONFIG) or {}
+    if require_task is not None and run_cfg.get("task", "lm") != require_task:
+        hint = "; for regression use python -m regression.predict" if run_cfg.get("task") == "regression" else ""
+        raise CheckpointError(f"{path} is a {run_cfg.get('task')!r} checkpoint, not a {require_task!r} one{hint}")
     cfg = ModelConfig.from_dict(run_cfg["model"]) if "model" in run_cfg else None
     return checkpoint[K.STATE_DICT], cfg, checkpoint.get(K.TOKENIZER)
 
@@ -86,7 +90,7 @@ def load_model(source: str | Path) -> tuple[nn.Module, str | None]:
     """A ready model (eval mode) and its tokenizer JSON from any source :func:`read_weights` accepts."""
     from ..transformer_model import build_model
 
-    state, cfg, tokenizer = read_weights(source)
+    state, cfg, tokenizer = read_weights(source, require_task="lm")
     if cfg is None:
         raise CheckpointError(f"{source} carries no model config; it cannot rebuild a model on its own")
     model = build_model(cfg)

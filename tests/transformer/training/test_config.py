@@ -107,3 +107,15 @@ def test_tf32_setting_follows_config(tmp_path):
         assert torch.get_float32_matmul_precision() == "high"  # TF32 tensor cores on GPUs that have them
     finally:
         torch.set_float32_matmul_precision(before)
+
+
+def test_string_override_keeps_the_text_and_errors_blame_the_override(tmp_path):
+    assert load_config(None, ["sample.prompt=ROMEO:"]).sample.prompt == "ROMEO:"
+    assert load_config(None, ["data.path=a:b", "data.source=files"]).data.path == "a:b"
+    config = tmp_path / "c.yaml"
+    config.write_text("trainer:\n  max_steps: 3\n")
+    with pytest.raises(ConfigError, match=r"model.attention.sliding_window.*from the override 'model.attention.sliding_window=w:'"):
+        load_config(config, ["model.attention.sliding_window=w:"])
+    config.write_text("trainer:\n  max_steps: [1, 2\n")
+    with pytest.raises(ConfigError, match=r"c.yaml is not valid YAML at line 3"):
+        load_config(config)
