@@ -266,16 +266,8 @@ def run(cfg, task: Task | None = None):
         module.checkpoint_extras = task.checkpoint_extras(cfg, data)
 
         # ---- from here on the run directory is written
-        run_dir = place.path
-        if place.kind == "new":
-            run_dir = created = make_new_dir(place.path)
-            lock = RunLock(run_dir)
-            lock.acquire()
-        elif place.kind == "job":
-            run_dir.mkdir(parents=True, exist_ok=True)
-            if rank == 0:
-                lock = RunLock(run_dir)
-                lock.acquire()
+        run_dir, created, new_lock = open_run_dir(place, rank)
+        lock = new_lock or lock
         if RUN_DIR_ENV not in os.environ:
             os.environ[RUN_DIR_ENV] = str(run_dir)  # for processes that Lightning's launcher starts
             set_env = True
@@ -321,6 +313,24 @@ def run(cfg, task: Task | None = None):
             lock.release()
 
 
+def open_run_dir(place, rank: int) -> tuple[Path, Path | None, RunLock | None]:
+    """-> (run directory, itself if this call created it, the lock this call took). A new directory is
+    created atomically and locked; a job's shared directory is created if missing and locked by rank 0;
+    a resumed directory was locked before the data was read; a launcher peer's belongs to its owner."""
+    if place.kind == "new":
+        run_dir = make_new_dir(place.path)
+        lock = RunLock(run_dir)
+        lock.acquire()
+        return run_dir, run_dir, lock
+    if place.kind == "job":
+        place.path.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            lock = RunLock(place.path)
+            lock.acquire()
+            return place.path, None, lock
+    return place.path, None, None
+
+
 def _remove_empty_tree(path: Path) -> None:
     """Remove ``path`` if nothing but empty directories are under it."""
     if not path.is_dir():
@@ -361,5 +371,5 @@ def warn(message: str) -> None:
     print(f"warning: {message}", file=sys.stderr)
 
 
-__all__ = ["Task", "Resume", "run", "check_run_inputs", "check_accelerator", "resolve_resume", "check_resume_config",
+__all__ = ["Task", "Resume", "run", "open_run_dir", "check_run_inputs", "check_accelerator", "resolve_resume", "check_resume_config",
            "write_run_files", "ConfigError"]
