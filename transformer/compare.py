@@ -35,7 +35,7 @@ import yaml
 
 from .training.config import flat_dict
 
-IGNORED_PREFIXES = ("name", "out_dir", "logger.", "resume_from", "init_", "sample.", "trainer.progress_bar", "data.cache_dir",
+IGNORED_PREFIXES = ("name", "out_dir", "logger.", "resume_", "init_", "sample.", "trainer.progress_bar", "data.cache_dir",
                     "data.num_workers", "data.num_proc", "trainer.log_every_n_steps")
 ATTENTION_PREFIX = "model.attention."
 
