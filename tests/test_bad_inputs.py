@@ -251,7 +251,7 @@ def workspace(tmp_path_factory):
     from regression.cli import run as run_regression
     from transformer.export import export_checkpoint
     from transformer.training.config import load_config
-    from transformer.training.run import run
+    from transformer.training.tasks import dispatch as run
     from transformer.training.tasks import load_run_config
 
     ws = tmp_path_factory.mktemp("bad_inputs")

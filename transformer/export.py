@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import guarded
 from .training import checkpoint_keys as K
-from .training.checkpoint_io import CheckpointError, atomic_write_text, read_checkpoint
+from .training.checkpoint_io import atomic_write_text, read_checkpoint
 from .training.weights import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_model
 
 

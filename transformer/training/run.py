@@ -226,12 +226,9 @@ def check_resume_config(cfg, resume: Resume, *, before_data: bool = False) -> No
 
 
 # -------------------------------------------------------------------------------- the run
-def run(cfg, task: Task | None = None):
-    """Train one run of ``cfg`` end to end; returns the task's result (on rank 0; None on other ranks)."""
-    if task is None:
-        from .tasks import get_task
-
-        task = get_task(cfg.task)
+def run(cfg, task: Task):
+    """Train one run of ``cfg`` with ``task`` end to end; returns the task's result (on rank 0; None on other
+    ranks). ``tasks.dispatch(cfg)`` picks the task that ``cfg.task`` names."""
     started = time.perf_counter()
     check_run_inputs(cfg)
     task.check_inputs(cfg)

@@ -24,7 +24,8 @@ from transformer.training.base_module import NonFiniteError
 from transformer.training.checkpoint_io import CheckpointError, read_checkpoint
 from transformer.training.config import load_config
 from transformer.training.lm_task import LanguageModelTask
-from transformer.training.run import run
+from transformer.training.run import run as run_with_task
+from transformer.training.tasks import dispatch as run
 from transformer.training.run_dir import RunDirError, RunLock, make_new_dir
 
 from .conftest import tiny_overrides
@@ -62,7 +63,7 @@ class PoisonedTask(LanguageModelTask):
 def test_nan_at_a_validation_step_is_never_checkpointed(tmp_path, toy_corpus):
     cfg = _cfg(toy_corpus, tmp_path, name="nan", **{"trainer.val_check_interval": 1, "trainer.max_steps": 10})
     with pytest.raises(NonFiniteError) as info:
-        run(cfg, PoisonedTask())
+        run_with_task(cfg, PoisonedTask())
     message = str(info.value)
     run_dir = next(tmp_path.glob("nan-*"))
     last = run_dir / "checkpoints" / "last.ckpt"
