@@ -108,24 +108,22 @@ class RegressionTask(Task):
         train, val, _ = self._loaders
         trainer.fit(module, train, val, ckpt_path=ckpt_path)
 
-    def result(self, trainer, module, data, run_dir: Path, seconds: float) -> RegressionResult | None:
+    def result(self, cfg: RegressionRunConfig, trainer, module, data, run_dir: Path, seconds: float) -> RegressionResult | None:
         from .module import linear_baseline
 
-        cfg = module.checkpoint_extras[K.RUN_CONFIG]
         _, val, test = self._loaders
         best = trainer.checkpoint_callback.best_model_path or None
         val_metrics = trainer.validate(module, val, ckpt_path=best, verbose=False)[0]
         test_metrics = trainer.test(module, test, ckpt_path=best, verbose=False)[0] if test is not None else {}
         if not trainer.is_global_zero:
             return None
-        pre, horizon = data.pre, cfg["data"]["horizon_steps"]
+        pre, horizon = data.pre, cfg.data.horizon_steps
         baseline_val = linear_baseline(data.train, data.val, pre, horizon)
         baseline_test = linear_baseline(data.train, data.test, pre, horizon) if data.test is not None else {}
         pick = lambda m, prefix: {k.split("/")[1]: float(v) for k, v in m.items() if k.startswith(prefix) and k != f"{prefix}/loss"}
-        synthetic = cfg["data"]["source"] == "synthetic"
+        noise = cfg.data.synthetic_noise if cfg.data.source == "synthetic" else None
         return RegressionResult(run_dir, pick(val_metrics, "val"), pick(test_metrics, "test"), baseline_val, baseline_test,
-                                cfg["data"]["synthetic_noise"] if synthetic else None, trainer.global_step, seconds,
-                                cfg["model"]["attention"]["type"])
+                                noise, trainer.global_step, seconds, cfg.model.attention.type)
 
 
 def _loaders(data, cfg: RegressionRunConfig, rank: int, world: int):

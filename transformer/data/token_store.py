@@ -285,11 +285,8 @@ def prepare_corpus(cfg: DataConfig, *, seed: int, cache_root: str | Path) -> Pre
             _discard(directory)
     created = False
     if not directory.exists():
-        _build(cfg, seed, cache_root, directory)
+        _build(cfg, seed, cache_root, directory)  # its checksums were just computed from the files written
         created = True
-        problem = cache_problem(directory)
-        if problem is not None:  # written a moment ago: the disk or another process is at fault
-            raise RuntimeError(f"the token cache just written is unusable: {problem}")
     meta = json.loads((directory / "meta.json").read_text())
     corpus = PreparedCorpus(directory, meta["vocab_size"], meta["eos_id"], meta["dtype"], meta["train_tokens"],
                             meta["val_tokens"], meta["checksums"], created)

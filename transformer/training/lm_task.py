@@ -141,7 +141,7 @@ class LanguageModelTask(Task):
         if trainer.global_step % cfg.trainer.val_check_interval or "val/loss" not in trainer.callback_metrics:
             trainer.validate(module, datamodule=data, verbose=False)  # the final figure is always fresh
 
-    def result(self, trainer, module, data, run_dir: Path, seconds: float) -> RunResult | None:
+    def result(self, cfg: RunConfig, trainer, module, data, run_dir: Path, seconds: float) -> RunResult | None:
         val_loss = float(trainer.callback_metrics["val/loss"])
         if not trainer.is_global_zero:
             return None

@@ -92,7 +92,7 @@ class Task:
     def fit(self, cfg, trainer, module, data, ckpt_path: str | None) -> None:
         raise NotImplementedError
 
-    def result(self, trainer, module, data, run_dir: Path, seconds: float):
+    def result(self, cfg, trainer, module, data, run_dir: Path, seconds: float):
         """The run's figures (rank 0; None elsewhere): an object with ``format()`` and ``to_json()``."""
         raise NotImplementedError
 
@@ -288,7 +288,7 @@ def run(cfg, task: Task):
                 print(description)
         fitting = True
         task.fit(cfg, trainer, module, data, str(resume.path) if resume else None)
-        result = task.result(trainer, module, data, run_dir, time.perf_counter() - started)
+        result = task.result(cfg, trainer, module, data, run_dir, time.perf_counter() - started)
         if result is not None and trainer.is_global_zero:
             from .checkpoint_io import atomic_write_text
 
