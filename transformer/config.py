@@ -103,6 +103,10 @@ class ModelConfig:
     """Encoder models: a dense + tanh layer on the pooled vector (BERT's pooler)."""
     pad_token_id: int | None = None
     """Padding id (used to shift labels in encoder-decoders and as generation padding)."""
+    bos_token_id: int | None = None
+    """Beginning-of-text id (a pretrained model's; exported to ``config.json``)."""
+    eos_token_id: int | None = None
+    """End-of-text id (a pretrained model's; exported to ``config.json`` and ``generation_config.json``)."""
     decoder_start_token_id: int | None = None
     """Encoder-decoder: first decoder input (``None``: ``pad_token_id``, as in T5)."""
     init_std: float = 0.02
@@ -126,8 +130,10 @@ class ModelConfig:
                 f"model.moe_top_k={self.moe_top_k} must be between 1 and model.moe_num_experts={self.moe_num_experts}"
             )
         in_range("model.dropout", self.dropout, 0.0, 1.0, high_open=True)
-        if self.pad_token_id is not None and not 0 <= self.pad_token_id < self.vocab_size:
-            raise ValueError(f"model.pad_token_id={self.pad_token_id} is outside the vocabulary [0, {self.vocab_size})")
+        for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+            value = getattr(self, name)
+            if value is not None and not 0 <= value < self.vocab_size:
+                raise ValueError(f"model.{name}={value} is outside the vocabulary [0, {self.vocab_size})")
         try:  # head arithmetic, with the model's key path in the message
             self.attention.resolve_heads(self.embed_dim, self.num_heads)
         except ValueError as err:

@@ -57,7 +57,9 @@ class AttentionLayer(nn.Module):
         cfg = self.config
         if cfg.positional == "rope":
             self.rotary = RotaryEmbedding(
-                dim, theta=cfg.rope_theta, fraction=fraction, scaling=cfg.rope_scaling, scaling_factor=cfg.rope_scaling_factor
+                dim, theta=cfg.rope_theta, fraction=fraction, scaling=cfg.rope_scaling, scaling_factor=cfg.rope_scaling_factor,
+                low_freq_factor=cfg.rope_low_freq_factor, high_freq_factor=cfg.rope_high_freq_factor,
+                original_max_len=cfg.rope_original_max_len,
             )
 
     # ------------------------------------------------------------------ to be provided by subclasses

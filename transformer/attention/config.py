@@ -16,7 +16,7 @@ from ..validation import choice, in_range, known_keys, positive_int
 
 POSITIONAL_SCHEMES = ("none", "rope", "alibi", "relative")
 BACKENDS = ("sdpa", "eager", "flex")
-ROPE_SCALINGS = ("linear", "ntk")
+ROPE_SCALINGS = ("linear", "ntk", "llama3")
 
 
 @dataclass
@@ -51,9 +51,17 @@ class AttentionConfig:
     rope_fraction: float = 1.0
     """Fraction of each head's dimensions that RoPE rotates (GPT-NeoX style partial rotary)."""
     rope_scaling: str | None = None
-    """Context extension: ``linear`` (position interpolation) or ``ntk`` (NTK-aware base scaling)."""
+    """Context extension: ``linear`` (position interpolation), ``ntk`` (NTK-aware base scaling) or ``llama3``
+    (Llama-3.1's per-frequency scaling: long wavelengths divided by the factor, short ones kept, a smooth
+    blend between)."""
     rope_scaling_factor: float = 1.0
     """How many times longer than the trained context the scaled RoPE should reach."""
+    rope_low_freq_factor: float = 1.0
+    """``llama3`` scaling: wavelengths above ``rope_original_max_len / rope_low_freq_factor`` are scaled fully."""
+    rope_high_freq_factor: float = 4.0
+    """``llama3`` scaling: wavelengths below ``rope_original_max_len / rope_high_freq_factor`` are kept."""
+    rope_original_max_len: int | None = None
+    """``llama3`` scaling: the context length the model was pre-trained at (Llama-3.1: 8192)."""
     relative_buckets: int = 32
     """T5 relative bias: number of learned buckets."""
     relative_max_distance: int = 128
@@ -82,6 +90,11 @@ class AttentionConfig:
         in_range("attention dropout", self.dropout, 0.0, 1.0, high_open=True)
         in_range("attention rope_fraction", self.rope_fraction, 0.0, 1.0, low_open=True)
         in_range("attention rope_scaling_factor", self.rope_scaling_factor, 1.0)
+        if self.rope_scaling == "llama3":
+            positive_int("attention rope_original_max_len (needed by rope_scaling=llama3)", self.rope_original_max_len)
+            if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
+                raise ValueError(f"attention rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
+                                 f"rope_high_freq_factor={self.rope_high_freq_factor}")
         for name in ("num_kv_heads", "head_dim", "sliding_window", "kv_lora_rank", "q_lora_rank", "v_head_dim"):
             positive_int(f"attention {name}", getattr(self, name), optional=True)
         if self.rope_head_dim is not None:

@@ -39,6 +39,9 @@ class RotaryEmbedding(nn.Module):
         fraction: float = 1.0,
         scaling: str | None = None,
         scaling_factor: float = 1.0,
+        low_freq_factor: float = 1.0,
+        high_freq_factor: float = 4.0,
+        original_max_len: int | None = None,
     ) -> None:
         super().__init__()
         rot = int(head_dim * fraction)
@@ -54,9 +57,11 @@ class RotaryEmbedding(nn.Module):
             self.position_scale = 1.0 / scaling_factor
         elif scaling == "ntk":
             base = theta * scaling_factor ** (rot / (rot - 2))
-        elif scaling is not None:
-            raise ValueError(f"unknown rope_scaling={scaling!r}; choose 'linear', 'ntk' or None")
+        elif scaling not in (None, "llama3"):
+            raise ValueError(f"unknown rope_scaling={scaling!r}; choose 'linear', 'ntk', 'llama3' or None")
         inv_freq = 1.0 / (base ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot))  # [r/2]
+        if scaling == "llama3":
+            inv_freq = llama3_inv_freq(inv_freq, scaling_factor, low_freq_factor, high_freq_factor, original_max_len)
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def forward(self, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -72,6 +77,17 @@ class RotaryEmbedding(nn.Module):
         """Tables for positions ``start .. start+length-1``."""
         device = device or self.inv_freq.device
         return self(torch.arange(start, start + length, device=device))
+
+
+def llama3_inv_freq(inv_freq: Tensor, factor: float, low_freq_factor: float, high_freq_factor: float,
+                    original_max_len: int) -> Tensor:
+    """Llama-3.1's RoPE frequencies ``[r/2]``: a wavelength longer than ``original / low_freq_factor`` is
+    stretched by ``factor`` (position interpolation), one shorter than ``original / high_freq_factor`` kept,
+    and those between blended linearly in ``original / wavelength`` (Meta's reference ``apply_scaling``)."""
+    wavelen = 2 * math.pi / inv_freq
+    ratio = original_max_len / wavelen  # how many times each frequency turns over the original context
+    smooth = ((ratio - low_freq_factor) / (high_freq_factor - low_freq_factor)).clamp(0.0, 1.0)
+    return (1 - smooth) * inv_freq / factor + smooth * inv_freq
 
 
 def _rotate_into(out: Tensor, x: Tensor, cos: Tensor, sin: Tensor, direction: float) -> None:

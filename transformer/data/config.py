@@ -39,7 +39,12 @@ class DataConfig:
     """Stop reading once this many characters are collected (``None``: all). Keeps the default quick."""
     tokenizer: str = "char"
     """``char`` (one id per character seen in training text, plus EOS), ``bpe`` (byte-level BPE trained
-    on the training text), or a path to a saved ``tokenizer.json`` to reuse."""
+    on the training text), or a saved tokenizer to reuse: a ``tokenizer.json``, or a directory holding one
+    (a Hugging Face model, an export, a run). With ``init_from`` and no ``data.tokenizer``, the tokenizer
+    of the ``init_from`` model is used."""
+    eos_token: str | None = None
+    """The token that ends a document (and a generated text), for tokenizers whose files do not name one
+    (``None``: ``tokenizer_config.json``'s ``eos_token``, then ``<|endoftext|>``, ``</s>``, ...)."""
     vocab_size: int = 4096
     """``bpe``: vocabulary size to train."""
     block_size: int = 128
@@ -67,8 +72,8 @@ class DataConfig:
             raise ValueError("data.path is required when data.source='files' (a file, directory or glob)")
         if self.source == "hub" and not self.name:
             raise ValueError("data.name is required when data.source='hub' (e.g. wikitext)")
-        if self.tokenizer not in TOKENIZERS and not self.tokenizer.endswith(".json"):
-            raise ValueError(f"data.tokenizer={self.tokenizer!r} is not 'char', 'bpe' or a path to a tokenizer.json")
+        if not self.tokenizer:
+            raise ValueError("data.tokenizer must be 'char', 'bpe', a tokenizer.json or a directory holding one")
         if not self.text_column:
             raise ValueError("data.text_column must name a column")
         in_range("data.val_fraction", self.val_fraction, 0.0, 1.0, low_open=True, high_open=True)

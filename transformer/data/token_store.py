@@ -86,8 +86,11 @@ def _cache_key(cfg: DataConfig, seed: int) -> str:
         from .corpus import _resolve_files
 
         identity["files"] = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in _resolve_files(cfg.path, cfg.format)]
-    if cfg.tokenizer.endswith(".json"):
-        identity["tokenizer"] = hashlib.sha256(Path(cfg.tokenizer).read_bytes()).hexdigest()
+    if cfg.tokenizer not in ("char", "bpe"):
+        tok_path = Path(cfg.tokenizer)
+        tok_file = tok_path / "tokenizer.json" if tok_path.is_dir() else tok_path
+        identity["tokenizer"] = [hashlib.sha256(p.read_bytes()).hexdigest() if p.is_file() else None
+                                 for p in (tok_file, tok_file.with_name("tokenizer_config.json"))]
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -169,7 +172,7 @@ def cache_problem(directory: Path) -> str | None:
             meta[key]
     except (ValueError, KeyError, TypeError):
         return f"{meta_path} is unreadable or from an older format"
-    for name in CACHE_FILES:
+    for name in dict.fromkeys((*CACHE_FILES, *files)):  # the fixed files and any the build recorded
         path = directory / name
         if not path.is_file():
             return f"{path} is missing"
@@ -216,16 +219,17 @@ def _build(cfg: DataConfig, seed: int, cache_root: Path, directory: Path) -> Non
         elif cfg.tokenizer == "bpe":
             tokenizer = BPETokenizer.train((t for t in train_docs["text"]), cfg.vocab_size)
         else:
-            tokenizer = load_tokenizer(cfg.tokenizer)
+            tokenizer = load_tokenizer(cfg.tokenizer, eos_token=cfg.eos_token)
         dtype = token_dtype(tokenizer.vocab_size)
-        tokenizer.save(tmp / "tokenizer.json")
+        tokenizer.save(tmp / "tokenizer.json")  # + tokenizer_config.json for a pretrained tokenizer
+        files = [n for n in (*CACHE_FILES, "tokenizer_config.json") if (tmp / n).is_file()]
         counts = {split: _write_tokens(docs, tokenizer, tmp / f"{split}.bin", dtype, cfg.num_proc)
                   for split, docs in (("train", train_docs), ("val", val_docs))}
         _check_counts(counts["train"], counts["val"], cfg)  # before anything lands in the cache
         meta = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "dtype": dtype,
                 "train_tokens": counts["train"], "val_tokens": counts["val"], "format": FORMAT_VERSION,
-                "files": {n: (tmp / n).stat().st_size for n in CACHE_FILES},
-                "checksums": {n: file_checksum(tmp / n) for n in CACHE_FILES}}
+                "files": {n: (tmp / n).stat().st_size for n in files},
+                "checksums": {n: file_checksum(tmp / n) for n in files}}
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         try:
             os.replace(tmp, directory)

@@ -1,5 +1,11 @@
-"""Tokenizers: a character-level one, and byte-level BPE from the Hugging Face ``tokenizers`` library,
-behind one small interface, saved as ``tokenizer.json`` with the run and every checkpoint."""
+"""Tokenizers: a character-level one, and any Hugging Face ``tokenizers`` tokenizer (byte-level BPE trained
+here, or a pretrained model's ``tokenizer.json``) behind one small interface, saved as ``tokenizer.json``
+with the run and every checkpoint.
+
+A pretrained tokenizer's special tokens and chat template live beside it in ``tokenizer_config.json``
+(the ``transformers`` format, written back the same way), so ``AutoTokenizer`` reads what we write and
+we read what it writes. Which token ends a text is decided once, by :func:`find_eos`.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,12 @@ from pathlib import Path
 from typing import Iterable, Iterator
 
 EOS = "<|endoftext|>"
+TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE = "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"
+# End-of-text names of the common families, tried in order when tokenizer_config.json names none:
+# GPT-2 / Qwen / SmolLM, Llama-2 / Mistral / TinyLlama, Llama-3, Gemma, BERT.
+EOS_CANDIDATES = (EOS, "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
+# End-of-turn tokens of the chat templates people use (ChatML, Llama-3, Phi-3, Gemma): generation stops there.
+END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
 
 
 class CharTokenizer:
@@ -47,18 +59,69 @@ class CharTokenizer:
         Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
 
 
+def _token_text(value) -> str | None:
+    """A special token as ``tokenizer_config.json`` writes it: a string or ``{"content": ...}``."""
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+def special_tokens(tok) -> list[str]:
+    return sorted(t.content for t in tok.get_added_tokens_decoder().values() if t.special)
+
+
+def find_eos(tok, *, eos_token: str | None = None, config: dict | None = None, eos_ids: Iterable[int] = ()) -> int:
+    """The end-of-text id: ``eos_token`` (``data.eos_token``), else ``tokenizer_config.json``'s ``eos_token``,
+    else the model's ``eos_token_id``, else the first of :data:`EOS_CANDIDATES` in the vocabulary."""
+    where = "data.eos_token"
+    for name in (eos_token, _token_text((config or {}).get("eos_token"))):
+        if name is not None:
+            found = tok.token_to_id(name)
+            if found is None:
+                raise ValueError(f"end-of-text token {name!r} ({where if name == eos_token else 'tokenizer_config.json eos_token'}) "
+                                 f"is not in the vocabulary (its special tokens: {special_tokens(tok) or 'none'})")
+            return found
+    for i in eos_ids:
+        if 0 <= i < tok.get_vocab_size(with_added_tokens=True):
+            return i
+    for name in EOS_CANDIDATES:
+        found = tok.token_to_id(name)
+        if found is not None:
+            return found
+    raise ValueError(f"the tokenizer has no end-of-text token (none of {', '.join(EOS_CANDIDATES)}; its special tokens: "
+                     f"{special_tokens(tok) or 'none'}); set {where} to the one that ends a document")
+
+
 class BPETokenizer:
-    """Byte-level BPE (GPT-2 style): any text encodes, nothing is out of vocabulary."""
+    """A Hugging Face ``tokenizers`` tokenizer: byte-level BPE trained here, or a pretrained one (BPE,
+    SentencePiece-style, WordPiece) with its special tokens and chat template."""
 
     kind = "bpe"
 
-    def __init__(self, tokenizer) -> None:
+    def __init__(self, tokenizer, *, config: dict | None = None, eos_token: str | None = None,
+                 eos_ids: Iterable[int] = ()) -> None:
         self.tok = tokenizer
-        eos = tokenizer.token_to_id(EOS)
-        if eos is None:
-            special = sorted(t.content for t in tokenizer.get_added_tokens_decoder().values() if t.special)
-            raise ValueError(f"the tokenizer has no {EOS} end-of-text token (its special tokens: {special or 'none'})")
-        self.eos_id = eos
+        self.config = dict(config or {})  # tokenizer_config.json (special tokens, chat_template, ...)
+        self.eos_id = find_eos(tokenizer, eos_token=eos_token, config=self.config, eos_ids=eos_ids)
+        self.config["eos_token"] = tokenizer.id_to_token(self.eos_id)
+        bos = _token_text(self.config.get("bos_token"))
+        self.bos_id = tokenizer.token_to_id(bos) if bos else None
+        pad = _token_text(self.config.get("pad_token"))
+        self.pad_id = tokenizer.token_to_id(pad) if pad else None
+        self.stop_ids = sorted({self.eos_id, *(i for i in eos_ids if 0 <= i < self.vocab_size),
+                                *(i for i in map(tokenizer.token_to_id, END_OF_TURN_CANDIDATES) if i is not None)})
+        """Ids that end a generated answer: end-of-text, the model's other eos ids, end-of-turn tokens."""
+
+    @property
+    def chat_template(self) -> str | None:
+        template = self.config.get("chat_template")
+        if isinstance(template, list):  # several named templates: the default one
+            template = next((t.get("template") for t in template if t.get("name") == "default"), None)
+        return template if isinstance(template, str) else None
+
+    def token(self, name: str) -> str | None:
+        """A special token's text from ``tokenizer_config.json`` (``bos_token``, ``eos_token``, ...)."""
+        return _token_text(self.config.get(name))
 
     @classmethod
     def train(cls, texts: Iterator[str], vocab_size: int) -> "BPETokenizer":
@@ -76,27 +139,75 @@ class BPETokenizer:
     def vocab_size(self) -> int:
         return self.tok.get_vocab_size()
 
-    def encode(self, text: str) -> list[int]:
-        return self.tok.encode(text).ids
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        """Ids of ``text``; ``add_special_tokens`` runs the tokenizer's post-processor (e.g. Llama's BOS).
+        Text rendered by a chat template already holds its special tokens: pass False."""
+        return self.tok.encode(text, add_special_tokens=add_special_tokens).ids
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self.tok.encode_batch(texts)]
 
-    def decode(self, ids: Iterable[int]) -> str:
-        return self.tok.decode(list(ids))
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
+        return self.tok.decode(list(ids), skip_special_tokens=skip_special_tokens)
 
     def save(self, path: str | Path) -> None:
+        """``tokenizer.json`` at ``path`` and ``tokenizer_config.json`` beside it (what ``AutoTokenizer`` reads)."""
+        path = Path(path)
         self.tok.save(str(path))
+        config_path = path.with_name(TOKENIZER_CONFIG_FILE)
+        tmp = config_path.with_name(f".{config_path.name}.tmp")
+        tmp.write_text(json.dumps(self.tokenizer_config(), indent=2, ensure_ascii=False), encoding="utf-8")
+        tmp.replace(config_path)
+
+    def tokenizer_config(self) -> dict:
+        """``tokenizer_config.json`` for this tokenizer: the original's keys, with the tokens we resolved."""
+        config = {k: v for k, v in self.config.items() if k not in ("added_tokens_decoder", "auto_map", "tokenizer_file")}
+        config.update(tokenizer_class="PreTrainedTokenizerFast", eos_token=self.tok.id_to_token(self.eos_id))
+        config.setdefault("clean_up_tokenization_spaces", False)
+        if self.bos_id is not None:
+            config["bos_token"] = self.tok.id_to_token(self.bos_id)
+        if self.pad_id is not None:
+            config["pad_token"] = self.tok.id_to_token(self.pad_id)
+        return config
 
 
 Tokenizer = CharTokenizer | BPETokenizer
 
 
-def load_tokenizer(path: str | Path) -> Tokenizer:
-    """Load a ``tokenizer.json`` written by either tokenizer (or any Hugging Face tokenizers file with EOS)."""
+def tokenizer_settings(directory: Path) -> tuple[dict, list[int]]:
+    """``tokenizer_config.json`` (with ``chat_template.jinja`` folded in) and the model's eos ids from
+    ``generation_config.json`` / ``config.json``, from the directory holding a ``tokenizer.json``."""
+    config: dict = {}
+    path = directory / TOKENIZER_CONFIG_FILE
+    if path.is_file():
+        try:
+            config = json.loads(path.read_text(encoding="utf-8"))
+        except (ValueError, UnicodeDecodeError) as err:
+            raise ValueError(f"{path} is not valid JSON ({' '.join(str(err).split())[:120]})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"{path} holds a JSON {type(config).__name__}, not a tokenizer config")
+    if (directory / CHAT_TEMPLATE_FILE).is_file() and not config.get("chat_template"):
+        config["chat_template"] = (directory / CHAT_TEMPLATE_FILE).read_text(encoding="utf-8")
+    eos_ids: list[int] = []
+    for name in ("generation_config.json", "config.json"):
+        try:
+            value = json.loads((directory / name).read_text(encoding="utf-8")).get("eos_token_id")
+        except (OSError, ValueError, AttributeError):
+            continue
+        eos_ids += [v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int)]
+    return config, list(dict.fromkeys(eos_ids))
+
+
+def load_tokenizer(path: str | Path, *, eos_token: str | None = None) -> Tokenizer:
+    """Load a ``tokenizer.json`` written by either tokenizer, or any Hugging Face tokenizers file, or a
+    directory holding one (a Hugging Face model directory, an export, a run directory); the special
+    tokens and chat template come from the ``tokenizer_config.json`` beside it. ``eos_token`` names the
+    end-of-text token when the files do not (``data.eos_token``)."""
     path = Path(path)
     if path.is_dir():
-        raise IsADirectoryError(f"tokenizer file {str(path)!r} is a directory; give its tokenizer.json")
+        if not (path / TOKENIZER_FILE).is_file():
+            raise FileNotFoundError(f"tokenizer directory {str(path)!r} holds no {TOKENIZER_FILE}")
+        path = path / TOKENIZER_FILE
     if not path.is_file():
         raise FileNotFoundError(f"tokenizer file {str(path)!r} does not exist")
     try:
@@ -119,7 +230,8 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     except Exception as err:  # tokenizers raises a bare Exception with serde's message
         detail = " ".join(str(err).split())[:200]
         raise ValueError(f"tokenizer file {path} is not a Hugging Face tokenizers file ({detail})") from None
+    config, eos_ids = tokenizer_settings(path.parent)
     try:
-        return BPETokenizer(tok)
+        return BPETokenizer(tok, config=config, eos_token=eos_token, eos_ids=eos_ids)
     except ValueError as err:
         raise ValueError(f"tokenizer file {path}: {err}") from None

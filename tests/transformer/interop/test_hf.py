@@ -17,6 +17,41 @@ def _llama():
     return transformers.LlamaForCausalLM(cfg)
 
 
+def _llama3():
+    """Llama-3.1/3.2-style: llama3 RoPE scaling, a non-default theta, tied embeddings (3.2-1B), context
+    longer than the original so the scaled frequencies matter."""
+    cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                   tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
+                                   rope_parameters={"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                                                    "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                                                    "original_max_position_embeddings": 16})
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _smollm():
+    """SmolLM-135M's layout (tied, GQA 3:1, theta 10000 -> 100000 in v2) at a tiny size."""
+    cfg = transformers.LlamaConfig(vocab_size=101, hidden_size=48, intermediate_size=128, num_hidden_layers=2,
+                                   num_attention_heads=6, num_key_value_heads=2, max_position_embeddings=64,
+                                   tie_word_embeddings=True, rope_theta=100000.0, rms_norm_eps=1e-5)
+    return transformers.LlamaForCausalLM(cfg)
+
+
+def _qwen3():
+    cfg = transformers.Qwen3Config(vocab_size=101, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, head_dim=32, max_position_embeddings=64,
+                                   tie_word_embeddings=True, rope_theta=1000000.0)
+    return transformers.Qwen3ForCausalLM(cfg)
+
+
+def _phi3():
+    cfg = transformers.Phi3Config(vocab_size=101, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+                                  pad_token_id=0, bos_token_id=1, eos_token_id=2, resid_pdrop=0.0, embd_pdrop=0.0,
+                                  attention_dropout=0.0, sliding_window=None)
+    return transformers.Phi3ForCausalLM(cfg)
+
+
 def _mistral():
     cfg = transformers.MistralConfig(vocab_size=101, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
                                      num_attention_heads=4, num_key_value_heads=1, sliding_window=6, max_position_embeddings=64)
@@ -62,13 +97,18 @@ def _our_out(model, ids, mask=None):
         return model(ids, attention_mask=mask).logits if model.cfg.kind == "lm" else model(ids, mask).hidden
 
 
-@pytest.mark.parametrize("factory", [_llama, _mistral, _qwen2, _gpt2, _bert], ids=["llama-gqa", "mistral-mqa-window", "qwen2", "gpt2", "bert"])
+FAMILIES = [_llama, _llama3, _smollm, _mistral, _qwen2, _qwen3, _phi3, _gpt2, _bert]
+FAMILY_IDS = ["llama-gqa", "llama3-rope", "smollm", "mistral-mqa-window", "qwen2", "qwen3", "phi3", "gpt2", "bert"]
+
+
+@pytest.mark.parametrize("factory", FAMILIES, ids=FAMILY_IDS)
 def test_load_matches_transformers_and_export_round_trips(factory, tmp_path):
     hf_model = _randomise(factory())
     hf_model.save_pretrained(tmp_path / "hf")
     ours = load_hf_model(tmp_path / "hf").eval()
-    ids = torch.randint(0, 101, (2, 16))
-    mask = torch.ones(2, 16, dtype=torch.long)
+    length = min(48, ours.cfg.max_seq_len)  # past llama3's original 16 positions
+    ids = torch.randint(0, 101, (2, length))
+    mask = torch.ones(2, length, dtype=torch.long)
     if ours.cfg.kind == "encoder":
         mask[1, 11:] = 0  # right padding for BERT
     expected = _hf_out(hf_model, ids, mask)
@@ -79,7 +119,8 @@ def test_load_matches_transformers_and_export_round_trips(factory, tmp_path):
         torch.testing.assert_close(ours(ids, mask).pooled, hf_model(input_ids=ids, attention_mask=mask).pooler_output, atol=1e-4, rtol=1e-4)
 
     export_hf(ours, tmp_path / "export")
-    reloaded = type(hf_model).from_pretrained(tmp_path / "export").eval()
+    auto = transformers.AutoModel if ours.cfg.kind == "encoder" else transformers.AutoModelForCausalLM
+    reloaded = auto.from_pretrained(tmp_path / "export").eval()  # Phi-3's math is Llama's: exported as llama
     torch.testing.assert_close(_hf_out(reloaded, ids, mask)[keep], expected[keep], atol=1e-4, rtol=1e-4)
     again = load_hf_model(tmp_path / "export").eval()
     torch.testing.assert_close(_our_out(again, ids, mask), got, atol=0, rtol=0)
