@@ -108,8 +108,17 @@ class _SwiGLUMLPFunction(torch.autograd.Function):
         return grad_x, grad_w_in, grad_b_in, grad_w_out, grad_b_out
 
 
-def swiglu_mlp(x: Tensor, w_in: nn.Linear, w_out: nn.Linear) -> Tensor:
+def is_plain_linear(*modules: nn.Module) -> bool:
+    """Fused paths read ``weight`` directly; they may only run on plain ``nn.Linear`` s. An adapted module
+    (LoRA / DoRA / NF4, ``transformer.adapters``) is called instead, so its adapter is never bypassed."""
+    return all(type(m) is nn.Linear for m in modules)
+
+
+def swiglu_mlp(x: Tensor, w_in: nn.Module, w_out: nn.Module) -> Tensor:
     """``[..., D] -> [..., D]``: ``w_out(silu(gate) * up)`` where ``w_in`` projects to ``[gate | up]``."""
+    if not is_plain_linear(w_in, w_out):
+        gate, up = w_in(x).chunk(2, dim=-1)
+        return w_out(F.silu(gate) * up)
     if use_fused_autograd(x, w_in.weight, w_out.weight) and not torch.is_autocast_enabled(x.device.type):
         return _SwiGLUMLPFunction.apply(x, w_in.weight, w_in.bias, w_out.weight, w_out.bias)
     if torch.compiler.is_compiling():

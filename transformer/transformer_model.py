@@ -126,7 +126,7 @@ class TransformerLM(nn.Module, _Reports):
         return LMOutput(logits, loss, out.aux_loss, count)
 
     def new_caches(self, batch_size: int, max_seq_len: int, *, dtype=None, device=None) -> list[LayerCache]:
-        weight = self.head.weight
+        weight = self.embed.tokens.weight  # never adapted or quantised: the model's dtype and device
         return self.decoder.new_caches(batch_size, max_seq_len, dtype=dtype or weight.dtype, device=device or weight.device)
 
 
@@ -219,7 +219,7 @@ class EncoderDecoder(nn.Module, _Reports):
         return LMOutput(logits, loss, sum(aux) if aux else None, count)
 
     def new_caches(self, batch_size: int, max_seq_len: int, *, memory_len: int, dtype=None, device=None) -> list[LayerCache]:
-        weight = self.head.weight
+        weight = self.embed.tokens.weight  # never adapted or quantised: the model's dtype and device
         return self.decoder.new_caches(batch_size, max_seq_len, memory_len=memory_len,
                                        dtype=dtype or weight.dtype, device=device or weight.device)
 

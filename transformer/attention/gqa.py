@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..fused_ops import RMSNorm
+from ..fused_ops import RMSNorm, is_plain_linear
 from .base import AttentionLayer, Rope
 from .config import AttentionConfig, merge_alias
 from .kv_cache import KVCache
@@ -85,12 +85,18 @@ class GroupQueryAttention(AttentionLayer):
         """Queries from ``x``, keys/values from ``memory`` through slices of the same fused weight."""
         b, s, _ = x.shape
         n_kv, d = self.num_kv_heads, self.head_dim
-        weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
-        q = self._shape_query(F.linear(x, weight[: self.q_size], None if bias is None else bias[: self.q_size]), b, s)
+        if not is_plain_linear(self.qkv_proj):  # adapted: run the whole module, keep the rows needed
+            q_rows = lambda t: self.qkv_proj(t)[..., : self.q_size]
+            kv_rows = lambda t: self.qkv_proj(t)[..., self.q_size :]
+        else:
+            weight, bias = self.qkv_proj.weight, self.qkv_proj.bias
+            q_rows = lambda t: F.linear(t, weight[: self.q_size], None if bias is None else bias[: self.q_size])
+            kv_rows = lambda t: F.linear(t, weight[self.q_size :], None if bias is None else bias[self.q_size :])
+        q = self._shape_query(q_rows(x), b, s)
         if cache is not None and cache.length > 0:  # memory keys/values were cached on the first step
             k, v = cache.cached()
             return q, k, v
-        kv = F.linear(memory, weight[self.q_size :], None if bias is None else bias[self.q_size :])
+        kv = kv_rows(memory)
         k, v = kv.view(b, -1, 2 * n_kv, d).transpose(1, 2).split([n_kv, n_kv], dim=1)  # [b, n_kv, m, d] each
         if self.k_norm is not None:
             k = self.k_norm(k)
