@@ -86,7 +86,7 @@ class RegressionTask(Task):
                                 horizon_steps=cfg.data.horizon_steps, compile=cfg.trainer.compile,
                                 moe_aux_loss_weight=cfg.model.moe_aux_loss_weight)
 
-    def init_weights(self, module, cfg: RegressionRunConfig):
+    def init_weights(self, module, cfg: RegressionRunConfig, resume=None):
         from transformer.training.weights import load_weights
 
         return load_weights(module.model, cfg.init_from, key_map={"decoder.": "encoder."}, strict=cfg.init_strict,

@@ -2,11 +2,19 @@
 
     python -m transformer.export runs/x/checkpoints/last.ckpt exports/x          # toolkit format
     python -m transformer.export runs/x/checkpoints/last.ckpt exports/x --hf     # + Hugging Face format in exports/x/hf
+    python -m transformer.export runs/lora/checkpoints/last.ckpt exports/m --merge --hf   # adapters folded in
+    python -m transformer.export runs/lora/checkpoints/last.ckpt exports/a --adapter      # a peft adapter
 
 The directory holds ``model.safetensors`` (this toolkit's parameter names), ``model_config.json``,
-``tokenizer.json`` and ``run_config.json``. Load it with ``transformer.training.weights.load_model``
-(or use it as ``init_from`` / with ``python -m transformer.sample``). ``--hf`` also writes a
-Llama / GPT-2 / BERT-format copy for ``transformers`` when the model has that shape.
+``tokenizer.json`` (+ ``tokenizer_config.json`` with special tokens and chat template) and
+``run_config.json``. Load it with ``transformer.training.weights.load_model`` (or use it as
+``init_from`` / with ``python -m transformer.sample``). ``--hf`` also writes a Llama / Qwen / Mistral /
+Phi-3 / GPT-2 / BERT-format copy with its tokenizer and ``generation_config.json`` for ``transformers``.
+
+An adapter checkpoint (LoRA / DoRA / QLoRA) holds only its adapters; its base model is found from the
+reference the checkpoint records. ``--merge`` (the default for such a checkpoint) folds the adapters into
+full weights; ``--adapter`` writes ``adapter_config.json`` + ``adapter_model.safetensors`` that
+``peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base), DIR)`` loads.
 """
 
 from __future__ import annotations
@@ -23,7 +31,8 @@ from .training.checkpoint_io import atomic_write_text, read_checkpoint
 from .training.weights import EXPORT_CONFIG, EXPORT_TOKENIZER, EXPORT_WEIGHTS, load_model
 
 
-def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool = False, overwrite: bool = False) -> Path:
+def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool = False, overwrite: bool = False,
+                      adapter: bool = False) -> Path:
     from safetensors.torch import save_file
 
     out = Path(out_dir)
@@ -31,24 +40,39 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool =
         raise FileExistsError(f"{out} is a file; the export is a directory: choose a new directory name")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
+    saved = read_checkpoint(checkpoint)
+    run_config = saved.get(K.RUN_CONFIG, {})
+    if adapter:
+        if K.BASE_MODEL not in saved:
+            raise ValueError(f"{checkpoint} is not an adapter checkpoint (finetune.method={run_config.get('finetune', {}).get('method', 'full')}); "
+                             f"export its full weights without --adapter")
+        from .adapters.peft_format import save_peft_adapter
+
+        model, _ = load_model(checkpoint, merge=False)
+        save_peft_adapter(model, out, model.finetune, base=model.base_path)
+        return out
     model, tokenizer = load_model(checkpoint)
-    run_config = read_checkpoint(checkpoint).get(K.RUN_CONFIG, {})
+    tokenizer_config = saved.get(K.TOKENIZER_CONFIG)
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if k not in _tied_alias_names(model)}
     files = {EXPORT_CONFIG: json.dumps(model.cfg.to_dict(), indent=2), "run_config.json": json.dumps(run_config, indent=2)}
     if tokenizer is not None:
         files[EXPORT_TOKENIZER] = tokenizer
+    if tokenizer_config is not None:
+        files["tokenizer_config.json"] = tokenizer_config
     tmp = out / f".{EXPORT_WEIGHTS}.tmp"
     save_file(state, str(tmp), metadata={"format": "pt"})
     os.replace(tmp, out / EXPORT_WEIGHTS)
     for name, text in files.items():
         atomic_write_text(out / name, text)
     if hf:
+        from .data.tokenizer import load_tokenizer
         from .interop import export_hf
 
-        export_hf(model, out / "hf", overwrite=overwrite)
+        hf_tokenizer = None
         if tokenizer is not None and '"type": "char"' not in tokenizer[:40]:
-            (out / "hf" / "tokenizer.json").write_text(tokenizer)  # BPE: a Hugging Face tokenizers file
+            hf_tokenizer = load_tokenizer(out / EXPORT_TOKENIZER)  # with the tokenizer_config.json beside it
+        export_hf(model, out / "hf", overwrite=overwrite, tokenizer=hf_tokenizer)
     return out
 
 
@@ -68,10 +92,16 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("checkpoint")
     parser.add_argument("out_dir")
     parser.add_argument("--hf", action="store_true", help="also write a Hugging Face-format copy in OUT_DIR/hf")
+    parser.add_argument("--merge", action="store_true",
+                        help="adapter checkpoints: fold the adapters into full weights (the default for them)")
+    parser.add_argument("--adapter", action="store_true", help="adapter checkpoints: write a peft-format adapter instead")
     parser.add_argument("--overwrite", action="store_true")
     args = parser.parse_args(argv)
-    out = export_checkpoint(args.checkpoint, args.out_dir, hf=args.hf, overwrite=args.overwrite)
-    print(f"exported {args.checkpoint} -> {out}")
+    if args.adapter and (args.merge or args.hf):
+        parser.error("--adapter writes the adapter alone; it cannot be combined with --merge or --hf")
+    out = export_checkpoint(args.checkpoint, args.out_dir, hf=args.hf, overwrite=args.overwrite, adapter=args.adapter)
+    what = "peft adapter" if args.adapter else "model"
+    print(f"exported {args.checkpoint} -> {out} ({what})")
     return 0
 
 

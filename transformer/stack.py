@@ -49,18 +49,22 @@ class TransformerStack(nn.Module):
         memory: Tensor | None = None,
         memory_mask: Tensor | None = None,
         caches: Sequence[LayerCache] | None = None,
+        position_ids: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> StackOutput:
         """``x`` ``[b, s, D]``; ``attention_mask`` ``[b, L]`` (1 = real token, covering cached positions);
         ``memory`` ``[b, m, D]`` and ``memory_mask`` ``[b, m]`` for cross-attention; ``caches`` from
-        the model's ``new_caches``."""
+        the model's ``new_caches``; ``position_ids`` ``[b, s]`` (RoPE positions restarting per packed document)
+        and ``document_ids`` ``[b, s]`` (attention only within a document) for packed sequences."""
         b, s, _ = x.shape
         past = caches[0].self_attn.length if caches else 0
         mask = AttentionMask.build(
-            s, past + s, causal=self.causal, window=self.window, padding_mask=attention_mask, device=x.device
+            s, past + s, causal=self.causal, window=self.window, padding_mask=attention_mask, device=x.device,
+            document_ids=document_ids,
         )
         ctx = StackContext(mask=mask)  # even when empty: layers then skip building their own
         if self.rotary is not None:
-            ctx.rope = self.rotary.for_range(past, s, x.device)
+            ctx.rope = self.rotary(position_ids) if position_ids is not None else self.rotary.for_range(past, s, x.device)
         if memory is not None:
             ctx.memory = memory
             if memory_mask is not None:

@@ -105,11 +105,21 @@ class TransformerLM(nn.Module, _Reports):
         *,
         caches: list[LayerCache] | None = None,
         num_logits: int | None = None,
+        position_ids: Tensor | None = None,
+        document_ids: Tensor | None = None,
     ) -> LMOutput:
         """``input_ids`` ``[b, s]``; ``targets`` ``[b, s]`` (-100 = ignore), already aligned (targets[t]
         is the token after input_ids[t]); ``attention_mask`` ``[b, L]`` 1 = real token (covers cached
-        positions when decoding); ``num_logits``: compute the head only for the last n positions."""
+        positions when decoding); ``num_logits``: compute the head only for the last n positions.
+        Packed sequences pass ``position_ids`` ``[b, s]`` (restarting at 0 in each document) and
+        ``document_ids`` ``[b, s]``: no token attends across documents, so each is computed as if alone."""
         past = caches[0].self_attn.length if caches else 0
+        if position_ids is not None or document_ids is not None:
+            if position_ids is None or document_ids is None or caches:
+                raise ValueError("packed sequences need both position_ids and document_ids, and no KV cache")
+            x = self.embed(input_ids, position_ids if self.cfg.position != "none" else None)
+            out = self.decoder(x, attention_mask, position_ids=position_ids, document_ids=document_ids)
+            return self._head(out, targets, num_logits)
         position_ids = None
         if self.cfg.position != "none" and (attention_mask is not None or past):
             if attention_mask is not None:  # left padding: real tokens count positions from 0
@@ -118,6 +128,9 @@ class TransformerLM(nn.Module, _Reports):
                 position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
         x = self.embed(input_ids, position_ids)
         out = self.decoder(x, attention_mask, caches=caches)
+        return self._head(out, targets, num_logits)
+
+    def _head(self, out, targets: Tensor | None, num_logits: int | None) -> LMOutput:
         hidden = out.hidden if num_logits is None else out.hidden[:, -num_logits:]
         logits = self.head(hidden)
         loss = count = None

@@ -35,6 +35,7 @@ class AttentionMask:
     window: int | None = None
     key_padding: Tensor | None = None  # [b, k] bool, True = real token
     device: torch.device | None = None
+    documents: Tensor | None = None  # [b, k] document index per position (packing): attend within a document only
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Per-forward cache for things derived from this mask (e.g. an ALiBi bias shared by all layers)."""
 
@@ -49,8 +50,11 @@ class AttentionMask:
         padding_mask: Tensor | None = None,
         q_offset: int | None = None,
         device: torch.device | str | None = None,
+        document_ids: Tensor | None = None,
     ) -> "AttentionMask":
-        """Validate and combine the predicates. ``padding_mask``: ``[b, kv_len]``, 1/True = real token."""
+        """Validate and combine the predicates. ``padding_mask``: ``[b, kv_len]``, 1/True = real token.
+        ``document_ids``: ``[b, kv_len]`` ints; packed sequences attend only within their own document (the
+        block-diagonal mask of packed fine-tuning), combined with the causal / window predicates."""
         kv_len = q_len if kv_len is None else kv_len
         q_offset = kv_len - q_len if q_offset is None else q_offset
         if not causal and window is None:
@@ -70,7 +74,12 @@ class AttentionMask:
             if bool(key_padding.all()):
                 key_padding = None  # nothing padded: keep the fused no-mask / is_causal paths open
             device = padding_mask.device
-        return cls(q_len, kv_len, q_offset, causal, window, key_padding, torch.device(device or "cpu"))
+        if document_ids is not None:
+            if document_ids.dim() != 2 or document_ids.shape[1] != kv_len or q_len != kv_len:
+                raise ValueError(f"document_ids has shape {tuple(document_ids.shape)}; expected [batch, {kv_len}] for a "
+                                 f"full (uncached) forward")
+            device = document_ids.device
+        return cls(q_len, kv_len, q_offset, causal, window, key_padding, torch.device(device or "cpu"), document_ids)
 
     # ------------------------------------------------------------------ predicates
     def __post_init__(self) -> None:
@@ -87,20 +96,20 @@ class AttentionMask:
     @property
     def is_empty(self) -> bool:
         """Nothing is masked: attention may run with no mask at all."""
-        return not (self.causal_active or self.window_active or self.key_padding is not None)
+        return not (self.causal_active or self.window_active or self.key_padding is not None or self.documents is not None)
 
     @property
     def is_plain_causal(self) -> bool:
         """Exactly torch's ``is_causal=True`` (top-left aligned, no other predicate)."""
         return (
-            self.causal_active and not self.window_active and self.key_padding is None
+            self.causal_active and not self.window_active and self.key_padding is None and self.documents is None
             and self.q_offset == 0 and self.q_len == self.kv_len
         )
 
     def mask_mod(self) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """The predicates as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool``."""
         offset, causal, window = self.q_offset, self.causal_active, self.window if self.window_active else None
-        padding = self.key_padding
+        padding, documents = self.key_padding, self.documents
 
         def mod(b, h, q_idx, kv_idx):
             q_pos = q_idx + offset
@@ -111,6 +120,8 @@ class AttentionMask:
                 allowed = allowed & ((q_pos - kv_idx < window) if causal else ((q_pos - kv_idx).abs() < window))
             if padding is not None:
                 allowed = allowed & padding[b, kv_idx]
+            if documents is not None:
+                allowed = allowed & (documents[b, q_idx] == documents[b, kv_idx])
             return allowed
 
         return mod
@@ -140,6 +151,8 @@ class AttentionMask:
         allowed = allowed[None, None]  # [1, 1, q, k]
         if self.key_padding is not None:
             allowed = allowed & self.key_padding[:, None, None, :]  # [b, 1, q, k]
+        if self.documents is not None:  # block diagonal: a query sees only keys of its own document
+            allowed = allowed & (self.documents[:, :, None] == self.documents[:, None, :])[:, None]  # [b, 1, q, k]
         return allowed
 
     @property

@@ -6,7 +6,7 @@ config error does not load Lightning or ``datasets``.
 
 from importlib import import_module
 
-_EXPORTS = {"LMDataModule": ".datamodule", "PreparedCorpus": ".token_store", "prepare_corpus": ".token_store",
+_EXPORTS = {"LMDataModule": ".datamodule", "ExampleDataModule": ".datamodule", "PreparedCorpus": ".token_store", "prepare_corpus": ".token_store",
             "BPETokenizer": ".tokenizer", "CharTokenizer": ".tokenizer", "load_tokenizer": ".tokenizer",
             "DataConfig": ".config"}
 

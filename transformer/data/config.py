@@ -12,6 +12,9 @@ from ..validation import choice, in_range, positive_fields
 DATA_SOURCES = ("python_stdlib", "files", "hub")
 TOKENIZERS = ("char", "bpe")
 FILE_FORMATS = ("text", "json", "csv", "parquet")
+DATA_FORMATS = ("text", "instruction", "chat")
+TRAIN_ON = ("assistant", "completion", "all")
+OVERLONG = ("truncate", "drop")
 
 
 @dataclass
@@ -23,8 +26,11 @@ class DataConfig:
     ``files`` (local text / JSON / CSV / Parquet at ``path``) or ``hub`` (a Hugging Face dataset ``name``)."""
     path: str | None = None
     """``files``: a file, directory or glob (several comma-separated allowed)."""
-    format: str | None = None
-    """``files``: text | json | csv | parquet (``None``: from the file extension)."""
+    format: str = "text"
+    """What a row is: ``text`` (documents for language modelling), ``instruction`` (Alpaca-style columns
+    ``instruction`` / ``input`` / ``output``) or ``chat`` (a ``messages`` list of ``{role, content}``)."""
+    file_format: str | None = None
+    """``files``: text | json | csv | parquet (``None``: from the file extension; ``.jsonl`` is json)."""
     name: str | None = None
     """``hub``: dataset name, e.g. ``wikitext``."""
     subset: str | None = None
@@ -33,6 +39,28 @@ class DataConfig:
     """``hub``: which split to read."""
     text_column: str = "text"
     """Column holding the text (JSON / CSV / Parquet / hub)."""
+    instruction_column: str = "instruction"
+    """``instruction`` format: the column with the task."""
+    input_column: str = "input"
+    """``instruction`` format: the optional column with the task's input (appended to the instruction)."""
+    output_column: str = "output"
+    """``instruction`` format: the column with the answer that is trained on."""
+    system_column: str | None = None
+    """``instruction`` format: an optional column with a system prompt."""
+    messages_column: str = "messages"
+    """``chat`` format: the column holding the list of ``{role, content}`` messages."""
+    chat_template: str | None = None
+    """``instruction`` / ``chat``: ``None`` (the tokenizer's own ``chat_template``, else ``alpaca``), a named
+    template (``chatml``, ``llama3``, ``alpaca``) or a path to a Jinja file."""
+    train_on: str = "assistant"
+    """Which tokens carry loss: ``assistant`` (every assistant reply), ``completion`` (the last reply only),
+    ``all`` (every token). The others get the label -100."""
+    overlong: str = "truncate"
+    """An example longer than ``block_size``: ``truncate`` it (examples left with nothing to train on are
+    dropped) or ``drop`` it. The counts are printed."""
+    packing: bool = False
+    """Pack examples (or documents, for ``text``) into full blocks with a block-diagonal mask and positions
+    restarting per document: no token attends across examples, so packed loss equals unpacked loss."""
     max_documents: int | None = None
     """Use at most this many documents (after sorting, for ``python_stdlib``)."""
     max_chars: int | None = 2_000_000
@@ -66,8 +94,20 @@ class DataConfig:
     def __post_init__(self) -> None:
         choice("data.source", self.source, DATA_SOURCES)
         choice("data.split_by", self.split_by, ("position", "document"))
-        if self.format is not None:
-            choice("data.format", self.format, FILE_FORMATS)
+        if self.format in ("json", "csv", "parquet"):  # the key's meaning before fine-tuning formats existed
+            import warnings
+
+            warnings.warn(f"data.format={self.format} names a file format: use data.file_format={self.format} "
+                          f"(data.format is now text | instruction | chat)", stacklevel=2)
+            self.format, self.file_format = "text", self.file_format or self.format
+        choice("data.format", self.format, DATA_FORMATS)
+        if self.file_format is not None:
+            choice("data.file_format", self.file_format, FILE_FORMATS)
+        choice("data.train_on", self.train_on, TRAIN_ON)
+        choice("data.overlong", self.overlong, OVERLONG)
+        if self.format != "text" and self.source == "python_stdlib":
+            raise ValueError(f"data.format={self.format} reads rows from data.path (JSON / JSONL / Parquet): set "
+                             f"data.source=files and data.path")
         if self.source == "files" and not self.path:
             raise ValueError("data.path is required when data.source='files' (a file, directory or glob)")
         if self.source == "hub" and not self.name:

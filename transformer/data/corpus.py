@@ -37,7 +37,7 @@ def _resolve_files(spec: str, fmt: str | None = None) -> list[str]:
                      and not any(x.startswith(".") for x in p.relative_to(part).parts)]
             formats = sorted({_EXTENSIONS[p.suffix.lower()] for p in found})
             if fmt is None and len(formats) > 1:
-                raise ValueError(f"data.path directory {part!r} holds {' and '.join(formats)} files; set data.format to pick one")
+                raise ValueError(f"data.path directory {part!r} holds {' and '.join(formats)} files; set data.file_format to pick one")
             files += [str(p) for p in found if fmt is None or _EXTENSIONS[p.suffix.lower()] == fmt]
         elif any(ch in part for ch in "*?["):
             files += sorted(glob.glob(part, recursive=True))
@@ -58,7 +58,7 @@ def check_text_file(path: str | os.PathLike, *, what: str = "data file", sample_
         more = f.read(1) != b""
     if b"\x00" in head:
         raise ValueError(f"{what} {str(path)!r} is binary (it holds NUL bytes), not UTF-8 text; give a text, JSON, "
-                         f"CSV or Parquet file (and data.format when the extension does not say)")
+                         f"CSV or Parquet file (and data.file_format when the extension does not say)")
     try:
         text = head.decode("utf-8")
     except UnicodeDecodeError as err:
@@ -76,7 +76,7 @@ def dataset_read_error(files: list[str], fmt: str, err: BaseException) -> str:
     detail = " ".join(str(cause).split())[:200] or type(cause).__name__
     if "corresponds to no data" in detail:
         return f"{', '.join(files)} hold(s) no data rows (only a header?)"
-    return f"cannot read {', '.join(files)} as {fmt} (set data.format if that is not its format): {detail}"
+    return f"cannot read {', '.join(files)} as {fmt} (set data.file_format if that is not its format): {detail}"
 
 
 def check_data_files(cfg: DataConfig) -> list[str]:
@@ -84,10 +84,10 @@ def check_data_files(cfg: DataConfig) -> list[str]:
     CSV files are UTF-8 text. Returns them ([] for sources that are not files)."""
     if cfg.source != "files":
         return []
-    files = _resolve_files(cfg.path, cfg.format)
-    fmt = cfg.format or _EXTENSIONS.get(Path(files[0]).suffix.lower())
+    files = _resolve_files(cfg.path, cfg.file_format)
+    fmt = cfg.file_format or _EXTENSIONS.get(Path(files[0]).suffix.lower())
     if fmt is None:
-        raise ValueError(f"data.format is not set and {files[0]!r} has no known extension; set data.format to one of "
+        raise ValueError(f"data.file_format is not set and {files[0]!r} has no known extension; set data.file_format to one of "
                          f"text, json, csv, parquet")
     for f in files:
         if os.path.getsize(f) == 0:
@@ -116,7 +116,7 @@ def load_documents(cfg: DataConfig):
         ds = datasets.Dataset.from_dict({"text": texts})
     elif cfg.source == "files":
         files = check_data_files(cfg)
-        fmt = cfg.format or _EXTENSIONS.get(Path(files[0]).suffix.lower())
+        fmt = cfg.file_format or _EXTENSIONS.get(Path(files[0]).suffix.lower())
         kwargs = {"sample_by": "document"} if fmt == "text" else {}
         try:
             ds = datasets.load_dataset(fmt, data_files=files, split="train", **kwargs)

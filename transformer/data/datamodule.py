@@ -19,19 +19,33 @@ from .token_store import PreparedCorpus, prepare_corpus
 
 
 class TokenWindows(Dataset):
-    """Example ``i`` is the window starting at token ``i * stride``."""
+    """Example ``i`` is the window starting at token ``i * stride``.
 
-    def __init__(self, tokens: np.ndarray, block_size: int, stride: int = 1) -> None:
+    ``documents_of``: the end-of-text id; each window then also carries ``positions`` and ``documents``
+    (``[T]`` each) that restart after every end-of-text token, so with ``data.packing`` no token attends
+    across a document boundary and positions count from each document's start."""
+
+    def __init__(self, tokens: np.ndarray, block_size: int, stride: int = 1, *, documents_of: int | None = None) -> None:
         self.tokens, self.block_size, self.stride = tokens, block_size, stride
         self.length = (len(tokens) - block_size - 1) // stride + 1
+        self.eos = documents_of
 
     def __len__(self) -> int:
         return self.length
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def __getitem__(self, i: int):
         start = i * self.stride
         chunk = torch.from_numpy(self.tokens[start : start + self.block_size + 1].astype(np.int64))
-        return chunk[:-1], chunk[1:]
+        x, y = chunk[:-1], chunk[1:]
+        if self.eos is None:
+            return x, y
+        ends = x == self.eos  # a document ends at its end-of-text token; the next starts after it
+        documents = torch.cumsum(ends.long(), 0) - ends.long()  # [T]
+        index = torch.arange(len(x))
+        starts = torch.zeros_like(index)
+        starts[1:] = torch.where(ends[:-1], index[1:], torch.zeros_like(index[1:]))
+        positions = index - torch.cummax(starts, 0).values  # [T] distance from the document's first token
+        return x, y, positions, documents
 
 
 class RandomWindowSampler(Sampler[int]):
@@ -97,8 +111,9 @@ class LMDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         self.prepare()
         T = self.cfg.block_size
-        self.train_set = TokenWindows(self.corpus.tokens("train"), T, stride=1)
-        self.val_set = TokenWindows(self.corpus.tokens("val"), T, stride=T)  # disjoint blocks cover the split
+        eos = self.corpus.eos_id if self.cfg.packing else None
+        self.train_set = TokenWindows(self.corpus.tokens("train"), T, stride=1, documents_of=eos)
+        self.val_set = TokenWindows(self.corpus.tokens("val"), T, stride=T, documents_of=eos)  # disjoint blocks cover the split
 
     def _batches_consumed(self) -> int:
         """Micro-batches behind the (restored) optimizer step: where a resumed run's data continues."""
@@ -132,3 +147,73 @@ class LMDataModule(L.LightningDataModule):
         """Creating a DataLoader iterator draws a seed; from the global RNG that would shift dropout's random
         stream whenever a loader restarts (validation, resume). A private generator keeps it exact."""
         return torch.Generator().manual_seed(self.seed)
+
+
+class EpochSampler(Sampler[int]):
+    """An endless, seeded stream of example indices: each epoch a permutation (seeded with ``seed + epoch``),
+    cut into ``[batches, world_size, batch_size]``; rank r takes its slice, and ``start_batch`` continues a
+    resumed run exactly where it stopped (like :class:`RandomWindowSampler`, without replacement)."""
+
+    def __init__(self, num_examples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
+                 start_batch: int = 0) -> None:
+        self.n, self.batch_size, self.seed = num_examples, batch_size, seed
+        self.rank, self.world_size, self.start_batch = rank, world_size, start_batch
+        per_step = batch_size * world_size
+        self.batches_per_epoch = max(1, num_examples // per_step)
+
+    def _epoch(self, epoch: int) -> torch.Tensor:
+        g = torch.Generator().manual_seed(self.seed + epoch)
+        need = self.batches_per_epoch * self.world_size * self.batch_size
+        order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(-(-need // self.n))])[:need]
+        return order.view(self.batches_per_epoch, self.world_size, self.batch_size)[:, self.rank]
+
+    def __iter__(self):
+        epoch, within = divmod(self.start_batch, self.batches_per_epoch)
+        while True:
+            for batch in self._epoch(epoch)[within:].tolist():
+                yield from batch
+            epoch, within = epoch + 1, 0
+
+
+class ExampleDataModule(LMDataModule):
+    """Instruction / chat examples (``data.format`` instruction | chat): tokenised once with the chat template,
+    served right-padded, or packed into full blocks with document masks (``data.packing``)."""
+
+    def prepare(self):
+        if self.corpus is None:
+            from .sft import prepare_examples
+
+            self.corpus = prepare_examples(self.cfg, seed=self.seed, cache_root=self.cache_root)
+        return self.corpus
+
+    def setup(self, stage: str | None = None) -> None:
+        from .sft import ExampleDataset, PackedDataset
+
+        self.prepare()
+        sets = {split: ExampleDataset(*self.corpus.examples(split)) for split in ("train", "val")}
+        if self.cfg.packing:
+            sets = {split: PackedDataset(d, self.cfg.block_size, self.corpus.pad_id) for split, d in sets.items()}
+        self.train_set, self.val_set = sets["train"], sets["val"]
+
+    def _collate(self, batch):
+        from torch.utils.data import default_collate
+
+        from .sft import pad_batch
+
+        return default_collate(batch) if self.cfg.packing else pad_batch(batch, self.corpus.pad_id)
+
+    def train_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = EpochSampler(len(self.train_set), self.cfg.batch_size, seed=self.seed, rank=rank, world_size=world,
+                               start_batch=self._batches_consumed())
+        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self._collate,
+                          num_workers=self.cfg.num_workers, generator=self._loader_generator(),
+                          persistent_workers=self.cfg.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader:
+        rank, world = self._rank_world()
+        length = len(self.val_set)
+        if self.max_val_batches is not None:
+            length = min(length, self.max_val_batches * self.cfg.batch_size)
+        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, sampler=ShardSampler(length, rank=rank, world_size=world),
+                          collate_fn=self._collate, num_workers=self.cfg.num_workers, generator=self._loader_generator())

@@ -85,7 +85,7 @@ def _cache_key(cfg: DataConfig, seed: int) -> str:
     if cfg.source == "files":
         from .corpus import _resolve_files
 
-        identity["files"] = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in _resolve_files(cfg.path, cfg.format)]
+        identity["files"] = [(f, os.path.getsize(f), os.path.getmtime(f)) for f in _resolve_files(cfg.path, cfg.file_format)]
     if cfg.tokenizer not in ("char", "bpe"):
         tok_path = Path(cfg.tokenizer)
         tok_file = tok_path / "tokenizer.json" if tok_path.is_dir() else tok_path

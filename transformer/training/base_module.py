@@ -43,9 +43,23 @@ class TrainingModule(L.LightningModule):
         self._fit_started = time.perf_counter()
         self._val_seconds = 0.0  # validation time in this session
         self._val_started = self._fit_started
+        self.adapter_only = False
+        """Checkpoints hold only the trainable parameters (adapters); the frozen base is recorded by reference."""
+
+    def keep_only_trainable(self) -> None:
+        """From now on checkpoints hold only parameters that train (an adapter run: a small file), and
+        loading one restores exactly those (checked in :meth:`on_load_checkpoint`)."""
+        self.adapter_only = True
+        self.strict_loading = False  # Lightning then loads the partial state dict; the keys are checked here
+
+    def _trainable_keys(self) -> set[str]:
+        return {name for name, p in self.named_parameters() if p.requires_grad}
 
     # ------------------------------------------------------------------------ checkpoints
     def on_save_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapter_only:
+            keep = self._trainable_keys()
+            checkpoint[K.STATE_DICT] = {k: v for k, v in checkpoint[K.STATE_DICT].items() if k in keep}
         bad = next((k for k, v in checkpoint.get(K.STATE_DICT, {}).items()
                     if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()), None)
         if bad is not None:
@@ -57,6 +71,11 @@ class TrainingModule(L.LightningModule):
         self._saved_step = int(checkpoint.get(K.GLOBAL_STEP, self.global_step))
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        if self.adapter_only:
+            have, want = set(checkpoint.get(K.STATE_DICT, {})), self._trainable_keys()
+            if have != want:
+                extra = sorted(have - want)[:3] or sorted(want - have)[:3]
+                raise ValueError(f"the checkpoint's adapters do not match this run's (finetune settings differ: {extra})")
         if K.RNG in checkpoint:
             set_rng_state(checkpoint[K.RNG])
         self._elapsed_before = float(checkpoint.get(K.ELAPSED_S, 0.0))

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 from omegaconf import MISSING, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from ..adapters.config import FinetuneConfig
 from ..config import ModelConfig
 from ..data.config import DataConfig
 from ..validation import choice, in_range, positive_fields
@@ -185,8 +186,11 @@ class RunCommon:
     """With ``resume_from``: accept training data that differs from the data the checkpoint was trained on
     (another file, edited contents). Off by default, since the run would silently mix two data sets."""
     init_from: str | None = None
-    """Start from weights only: a checkpoint, an export directory or a Hugging Face directory. Shapes
-    that differ are re-initialised (and reported); attention key/value heads are converted."""
+    """Start from a trained model: a checkpoint, an export directory or a Hugging Face directory. The model is
+    built from *its* architecture (every ``model.*`` setting, reported) and, unless ``data.tokenizer`` is
+    set, uses its tokenizer. A ``model.*`` key that contradicts it is an error, except the deliberate changes
+    listed in ``transformer.training.init_source.CHANGEABLE`` (dropout, context length with RoPE scaling,
+    key/value heads — converted as in GQA uptraining —, vocabulary size for a new tokenizer, ...)."""
     init_strict: bool = False
     """With ``init_from``: any missing, unexpected or re-initialised key is an error."""
     init_freeze: list[str] = field(default_factory=list)
@@ -200,8 +204,6 @@ class RunCommon:
         if not self.out_dir:
             raise ValueError("out_dir must name a directory")
         in_range("seed", self.seed, 0, 2**32 - 1)
-        if self.resume_from and self.init_from:
-            raise ValueError("resume_from and init_from are exclusive: resume continues a run, init_from starts a new one")
         if self.resume_allow_data_change and not self.resume_from:
             raise ValueError("resume_allow_data_change=true only applies with resume_from")
         check_fused_optimizer(self.optim, self.trainer.precision)
@@ -221,9 +223,13 @@ class RunConfig(RunCommon):
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
 
     def __post_init__(self) -> None:
         self.check_common("lm")
+        if self.finetune.adapters and not (self.init_from or self.resume_from):
+            raise ValueError(f"finetune.method={self.finetune.method} adapts a trained model: set init_from to it "
+                             f"(a Hugging Face directory, an export or a checkpoint)")
         if self.data.block_size > self.model.max_seq_len:
             raise ValueError(
                 f"data.block_size={self.data.block_size} exceeds model.max_seq_len={self.model.max_seq_len}"
@@ -271,25 +277,50 @@ def load_config(path: str | Path | None = None, overrides: Sequence[str] = (), *
     schema = schema or RunConfig
     merged = OmegaConf.structured(schema)
     source = None
+    explicit: set[str] = set()
     try:
         if path is not None:
             source = f"in {path}"
-            merged = OmegaConf.merge(merged, OmegaConf.create(read_yaml(path)))
+            data = read_yaml(path)
+            explicit |= set(flat_dict(data))
+            merged = OmegaConf.merge(merged, OmegaConf.create(data))
         for override in overrides:
             source = f"from the override {override!r}"
             merged = _apply_override(merged, override)
+            explicit.add(override.split("=", 1)[0].lstrip("+~"))
         source = f"in {path}" if path is not None else None
         missing = sorted(OmegaConf.missing_keys(merged))
         if missing:
             raise ConfigError(f"missing required config value(s): {', '.join(missing)}")
         source = "in the merged config" if path is not None or overrides else None
-        return OmegaConf.to_object(merged)
+        cfg = OmegaConf.to_object(merged)
+        set_explicit_keys(cfg, explicit)
+        return cfg
     except ConfigError:
         raise
     except OmegaConfBaseException as err:
         raise ConfigError(_describe(err, schema, source)) from None
     except ValueError as err:  # __post_init__ checks: messages already carry the key path
         raise ConfigError(f"{err}" + (f" ({source})" if source else "")) from None
+
+
+EXPLICIT_KEYS = "_explicit_keys"
+
+
+def set_explicit_keys(cfg, keys) -> None:
+    """Record which dotted keys the user set (YAML file or override): ``init_from`` and resuming take the
+    rest of the model from the checkpoint, and must know a default from a deliberate value."""
+    object.__setattr__(cfg, EXPLICIT_KEYS, frozenset(keys))
+
+
+def explicit_keys(cfg, section: str) -> set[str] | None:
+    """The keys under ``section.`` the user set (``{"attention.rope_theta", ...}``); None when unknown (a
+    config not made by :func:`load_config`)."""
+    keys = getattr(cfg, EXPLICIT_KEYS, None)
+    if keys is None:
+        return None
+    prefix = section + "."
+    return {k[len(prefix):] for k in keys if k.startswith(prefix)} | ({""} if section in keys else set())
 
 
 def _apply_override(merged, override: str):
@@ -422,4 +453,4 @@ def parse_devices(value: Any) -> Any:
 
 __all__ = ["RunCommon", "RunConfig", "read_yaml", "DataConfig", "OptimConfig", "TrainerConfig", "LoggerConfig", "WandbConfig",
            "CheckpointConfig", "SampleConfig", "ConfigError", "MISSING", "load_config", "to_yaml", "flat_dict",
-           "to_container", "run_config_from_dict"]
+           "to_container", "run_config_from_dict", "explicit_keys", "set_explicit_keys", "FinetuneConfig"]

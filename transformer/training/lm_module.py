@@ -28,7 +28,7 @@ NonFiniteLossError = NonFiniteError  # the original name
 
 class LanguageModelModule(TrainingModule):
     def __init__(self, model_cfg: ModelConfig, optim_cfg: OptimConfig, *, max_steps: int, compile: bool = False,
-                 peak_flops: float | None = None) -> None:
+                 peak_flops: float | None = None, token_mean: bool = False) -> None:
         super().__init__(build_model(model_cfg), optim_cfg, max_steps=max_steps, compile=compile)
         self.model_cfg = model_cfg
         self.peak_flops = peak_flops
@@ -37,9 +37,19 @@ class LanguageModelModule(TrainingModule):
         self.val_loss_sum, self.val_tokens = SumMetric(nan_strategy="disable"), SumMetric(nan_strategy="disable")
         self._step_started: float | None = None
         self._logging_step = True
+        self.token_mean = token_mean
+        """Fine-tuning data (most targets -100): the loss is the mean over the micro-batch's trained tokens."""
 
     def forward(self, input_ids, targets=None):
         return self.model(input_ids, targets)
+
+    def _run(self, batch):
+        """A batch is ``(x, y)``, or ``(x, y, positions, documents)`` when packed with document masks."""
+        if len(batch) == 4:
+            x, y, positions, documents = batch
+            return self.model(x, y, position_ids=positions, document_ids=documents), y
+        x, y = batch
+        return self.model(x, y), y
 
     # ----------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch, batch_idx) -> None:
@@ -47,9 +57,8 @@ class LanguageModelModule(TrainingModule):
             self._step_started = time.perf_counter()
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
-        out = self.model(x, y)
-        loss = out.loss * (out.num_tokens / y.numel())  # sum of token losses / nominal tokens
+        out, y = self._run(batch)
+        loss = out.loss if self.token_mean else out.loss * (out.num_tokens / y.numel())  # sum of token losses / nominal tokens
         self._logging_step = logging_step = self._is_logging_step()
         if out.aux_loss is not None:
             loss = loss + self.model_cfg.moe_aux_loss_weight * out.aux_loss
@@ -91,8 +100,7 @@ class LanguageModelModule(TrainingModule):
 
     # --------------------------------------------------------------------------- validation
     def validation_step(self, batch, batch_idx):
-        x, y = batch
-        out = self.model(x, y)
+        out, _ = self._run(batch)
         self.val_loss_sum.update(out.loss.detach().double() * out.num_tokens)
         self.val_tokens.update(out.num_tokens)
 

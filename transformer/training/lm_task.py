@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import checkpoint_keys as K
-from .config import RunConfig, flat_dict, to_container
+from .config import RunConfig, explicit_keys, flat_dict, to_container
 from .run import Resume, Task, warn
 
 
@@ -42,18 +42,61 @@ class LanguageModelTask(Task):
     def schema(self) -> type:
         return RunConfig
 
+    def resolve_init(self, cfg: RunConfig, resume: Resume | None) -> None:
+        """A resumed run continues with its checkpoint's model, adapters, base model and data settings
+        wherever the config does not set them; a new run with ``init_from`` takes the architecture and
+        tokenizer of that model (``init_source``)."""
+        from .init_source import adopt_model_config, source_model_config, source_tokenizer
+
+        if resume is not None:
+            _continue_settings(cfg, resume)
+            return
+        self.init_notes = []
+        if not cfg.init_from:
+            return
+        source = source_model_config(cfg.init_from)
+        if source is None:
+            return
+        model, taken, applied = adopt_model_config(source, cfg.model, explicit_keys(cfg, "model"))
+        cfg.model = model
+        notes = [f"init_from {cfg.init_from}: the model is built from its architecture"]
+        if taken:
+            notes.append(f"  taken from it: {', '.join(taken)}")
+        if applied:
+            notes.append(f"  changed by this config: {', '.join(applied)}")
+        set_data = explicit_keys(cfg, "data")
+        if set_data is None or "tokenizer" not in set_data:
+            tokenizer = source_tokenizer(cfg.init_from)
+            if tokenizer is None:
+                raise ValueError(f"init_from={cfg.init_from} comes with no tokenizer.json; set data.tokenizer to the "
+                                 f"tokenizer the model was trained with")
+            cfg.data.tokenizer = str(tokenizer)
+            notes.append(f"  tokenizer: {tokenizer}")
+        if cfg.data.block_size > cfg.model.max_seq_len:
+            raise ValueError(f"data.block_size={cfg.data.block_size} exceeds the init_from model's max_seq_len="
+                             f"{cfg.model.max_seq_len}; lower data.block_size")
+        self.init_notes = notes
+
     def check_inputs(self, cfg: RunConfig) -> None:
         from ..data.corpus import check_data_files
         from ..data.tokenizer import load_tokenizer
 
         check_data_files(cfg.data)
         if cfg.data.tokenizer not in ("char", "bpe"):
-            load_tokenizer(cfg.data.tokenizer)  # one-line error naming the file if it is missing or malformed
+            if not Path(cfg.data.tokenizer).exists():
+                raise FileNotFoundError(f"data.tokenizer={cfg.data.tokenizer!r} is not 'char', 'bpe' or an existing "
+                                        f"tokenizer.json / directory holding one")
+            load_tokenizer(cfg.data.tokenizer, eos_token=cfg.data.eos_token)  # one-line error if malformed
+        if cfg.finetune.method == "qlora":
+            from ..adapters.quant import require_torchao
+
+            require_torchao()
 
     def build_data(self, cfg: RunConfig, rank: int):
-        from ..data import LMDataModule
+        from ..data import ExampleDataModule, LMDataModule
 
-        datamodule = LMDataModule(cfg.data, seed=cfg.seed, cache_root=Path(cfg.out_dir) / ".cache",
+        kind = LMDataModule if cfg.data.format == "text" else ExampleDataModule
+        datamodule = kind(cfg.data, seed=cfg.seed, cache_root=Path(cfg.out_dir) / ".cache",
                                   max_val_batches=cfg.trainer.limit_val_batches)
         datamodule.prepare()
         return datamodule
@@ -66,7 +109,13 @@ class LanguageModelTask(Task):
 
     def settle_config(self, cfg: RunConfig, data, rank: int) -> None:
         vocab = data.corpus.vocab_size
-        if cfg.model.vocab_size != vocab:
+        set_data = explicit_keys(cfg, "data") or set()
+        if cfg.init_from and "tokenizer" not in set_data:  # the model's own tokenizer
+            if vocab > cfg.model.vocab_size:
+                raise ValueError(f"the tokenizer of init_from has {vocab} ids but the model only {cfg.model.vocab_size} "
+                                 f"embeddings; set data.tokenizer to the model's own tokenizer")
+            # its (often padded: Qwen, Llama-3) vocabulary stays as it is
+        elif cfg.model.vocab_size != vocab:
             if rank == 0:
                 print(f"model.vocab_size set to {vocab} from the tokenizer (config said {cfg.model.vocab_size})")
             cfg.model.vocab_size = vocab
@@ -105,20 +154,50 @@ class LanguageModelTask(Task):
         from .lm_module import LanguageModelModule
 
         return LanguageModelModule(cfg.model, cfg.optim, max_steps=cfg.trainer.max_steps, compile=cfg.trainer.compile,
-                                   peak_flops=cfg.trainer.peak_flops)
+                                   peak_flops=cfg.trainer.peak_flops, token_mean=cfg.data.format != "text")
 
-    def init_weights(self, module, cfg: RunConfig):
+    def init_weights(self, module, cfg: RunConfig, resume: Resume | None = None):
+        """The ``init_from`` weights, then the adapters (``finetune``). A resumed full fine-tune needs neither
+        (its checkpoint holds every weight); a resumed adapter run loads its base again — after checking it
+        is the base it was trained on — and Lightning then restores the adapters."""
+        from .init_source import base_fingerprint, check_base
         from .weights import load_weights
 
-        return load_weights(module.model, cfg.init_from, strict=cfg.init_strict, freeze=cfg.init_freeze)
+        adapters = cfg.finetune.adapters
+        if resume is not None and not adapters:
+            return None
+        if resume is not None:
+            check_base(resume.extras.get(K.BASE_MODEL) or {}, cfg.init_from, f"resuming {resume.path}")
+        for note in getattr(self, "init_notes", []):
+            print(note)
+        report = load_weights(module.model, cfg.init_from, strict=cfg.init_strict, freeze=cfg.init_freeze)
+        if adapters:
+            from ..adapters import apply_adapters
+
+            self.base = base_fingerprint(cfg.init_from)
+            adapter_report = apply_adapters(module.model, cfg.finetune)
+            module.keep_only_trainable()
+            if resume is None:
+                print(adapter_report.format(cfg.finetune.method))
+        return None if resume is not None else report
 
     def checkpoint_extras(self, cfg: RunConfig, data) -> dict:
         corpus = data.corpus
-        return {K.RUN_CONFIG: to_container(cfg), K.TOKENIZER: corpus.tokenizer_path.read_text(),
-                K.DATA_FINGERPRINT: corpus.fingerprint}
+        extras = {K.RUN_CONFIG: to_container(cfg), K.TOKENIZER: corpus.tokenizer_path.read_text(),
+                  K.DATA_FINGERPRINT: corpus.fingerprint}
+        config = corpus.tokenizer_path.with_name("tokenizer_config.json")
+        if config.is_file():
+            extras[K.TOKENIZER_CONFIG] = config.read_text()
+        if getattr(self, "base", None) is not None:
+            extras[K.BASE_MODEL] = self.base
+        return extras
 
     def run_files(self, cfg: RunConfig, data) -> dict[str, str]:
-        return {"tokenizer.json": data.corpus.tokenizer_path.read_text()}
+        files = {"tokenizer.json": data.corpus.tokenizer_path.read_text()}
+        config = data.corpus.tokenizer_path.with_name("tokenizer_config.json")
+        if config.is_file():
+            files["tokenizer_config.json"] = config.read_text()
+        return files
 
     def hparams(self, cfg: RunConfig, data, module) -> dict:
         model, corpus = module.model, data.corpus
@@ -128,8 +207,15 @@ class LanguageModelTask(Task):
 
     def describe(self, cfg: RunConfig, data, module) -> str:
         corpus = data.corpus
-        return (f"model: {module.model.num_parameters():,} parameters, attention {cfg.model.attention.type}; "
+        text = (f"model: {module.model.num_parameters():,} parameters, attention {cfg.model.attention.type}; "
                 f"data: {corpus.train_tokens:,} train / {corpus.val_tokens:,} val tokens")
+        counts = getattr(corpus, "counts", None)
+        if counts:  # instruction / chat examples
+            text += (f" trained on, in {counts['train_examples']:,} / {counts['val_examples']:,} examples from "
+                     f"{counts['rows']:,} rows ({counts['truncated']} truncated, {counts['dropped_overlong']} dropped as "
+                     f"longer than data.block_size, {counts['dropped_untrained']} with nothing to train on; template: "
+                     f"{counts['template']})")
+        return text
 
     def callbacks(self, cfg: RunConfig, data) -> list:
         from .callbacks import TextSampleCallback
@@ -147,6 +233,33 @@ class LanguageModelTask(Task):
             return None
         sample = next((c.last_sample for c in trainer.callbacks if hasattr(c, "last_sample")), None)
         return RunResult(run_dir, val_loss, trainer.global_step, seconds, sample, module.train_seconds())
+
+
+def _continue_settings(cfg: RunConfig, resume: Resume) -> None:
+    """Fill every ``model`` / ``finetune`` / ``data`` key the config does not set, and ``init_from``, from the
+    checkpoint's run: resuming a fine-tune needs no copy of its settings. A key the config sets stays, and
+    the resume checks then compare it with the checkpoint's."""
+    from ..adapters.config import FinetuneConfig
+    from ..config import ModelConfig
+    from ..data.config import DataConfig
+    from .init_source import flatten, nest
+
+    saved = resume.run_config
+    saved_init = saved.get("init_from")
+    if cfg.init_from and (not saved_init or Path(cfg.init_from).resolve() != Path(saved_init).resolve()):
+        raise ValueError(f"cannot resume from {resume.path} with init_from={cfg.init_from!r}: its run started from "
+                         f"{saved_init!r}. Leave init_from out (the checkpoint records it)")
+    cfg.init_from = saved_init
+    for section, build in (("model", ModelConfig.from_dict), ("finetune", lambda d: FinetuneConfig(**d)),
+                           ("data", lambda d: DataConfig(**d))):
+        set_keys = explicit_keys(cfg, section)
+        if set_keys is None or section not in saved:
+            continue
+        current = flatten(to_container(cfg)[section])
+        for key, value in flatten(saved[section]).items():
+            if key in current and key not in set_keys:
+                current[key] = value
+        setattr(cfg, section, build(nest(current)))
 
 
 def _json(text: str):

@@ -2,10 +2,11 @@
 
 :func:`run` is the whole pipeline, in this order, each step one call a reader can find:
 
-1. ``check_run_inputs`` + ``task.check_inputs`` — every path, device and optional package is checked
-   before anything heavy is imported or any file is written;
-2. ``resolve_resume`` + ``check_resume_config`` — the checkpoint to continue (read once, checked: task,
-   finished runs, model and optimizer settings);
+1. ``check_run_inputs`` — every shared path, device and optional package is checked before anything
+   heavy is imported or any file is written;
+2. ``resolve_resume``, ``task.resolve_init`` + ``check_resume_config`` — the checkpoint to continue (read
+   once, checked: task, finished runs, model and optimizer settings) and what it or ``init_from`` decides
+   (a pretrained model's architecture and tokenizer); then ``task.check_inputs`` checks the task's files;
 3. ``resolve_run_dir`` — where the run writes; a run resumed in place is locked now, so a second
    writer is refused before it does any work;
 4. seed, then ``task.build_data`` (may write only the token cache) and ``task.settle_config``
@@ -51,6 +52,10 @@ class Task:
     def schema(self) -> type:
         raise NotImplementedError
 
+    def resolve_init(self, cfg, resume: "Resume | None") -> None:
+        """Settle what ``init_from`` (the model to start from) or the resumed checkpoint decides: e.g. the
+        architecture and tokenizer of a pretrained model. Reads configs only, writes nothing."""
+
     def check_inputs(self, cfg) -> None:
         """Check the task's files (data, tokenizer, ...) with one-line errors; no side effects."""
 
@@ -69,8 +74,9 @@ class Task:
     def build_module(self, cfg, data):
         raise NotImplementedError
 
-    def init_weights(self, module, cfg):
-        """Load ``cfg.init_from`` into ``module.model``; returns a report with ``format(source)``."""
+    def init_weights(self, module, cfg, resume: "Resume | None" = None):
+        """Load ``cfg.init_from`` into ``module.model``; returns a report with ``format(source)`` (or None when
+        there is nothing to say, e.g. a resumed run whose checkpoint holds every weight)."""
         raise NotImplementedError
 
     def checkpoint_extras(self, cfg, data) -> dict:
@@ -199,7 +205,8 @@ def resolve_resume(cfg) -> Resume | None:
     for name, state in (saved.get(K.CALLBACKS) or {}).items():
         if name.startswith("ModelCheckpoint") and isinstance(state, dict):
             tracked |= {Path(p).name for p in (state.get("best_k_models") or {})}
-    extras = {k: saved[k] for k in (K.TOKENIZER, K.DATA_FINGERPRINT, K.PREPROCESSING) if k in saved}
+    extras = {k: saved[k] for k in (K.TOKENIZER, K.TOKENIZER_CONFIG, K.DATA_FINGERPRINT, K.PREPROCESSING, K.BASE_MODEL)
+              if k in saved}
     return Resume(path, step, run_config, is_last_checkpoint_of_its_run(path), extras, tracked)
 
 
@@ -231,8 +238,9 @@ def run(cfg, task: Task):
     ranks). ``tasks.dispatch(cfg)`` picks the task that ``cfg.task`` names."""
     started = time.perf_counter()
     check_run_inputs(cfg)
-    task.check_inputs(cfg)
     resume = resolve_resume(cfg)
+    task.resolve_init(cfg, resume)
+    task.check_inputs(cfg)
     if resume is not None:
         check_resume_config(cfg, resume, before_data=True)  # fail before the data is read
     place = resolve_run_dir(cfg, resume.path if resume else None, resume_in_place=resume.in_place if resume else True)
@@ -257,8 +265,8 @@ def run(cfg, task: Task):
             check_resume_config(cfg, resume)
         module = task.build_module(cfg, data)
         if cfg.init_from:
-            report = task.init_weights(module, cfg)
-            if rank == 0:
+            report = task.init_weights(module, cfg, resume)
+            if rank == 0 and report is not None:
                 print(report.format(cfg.init_from))
         module.checkpoint_extras = task.checkpoint_extras(cfg, data)
 

@@ -86,16 +86,49 @@ def read_weights(source: str | Path, *, require_task: str | None = None) -> tupl
     return checkpoint[K.STATE_DICT], cfg, checkpoint.get(K.TOKENIZER)
 
 
-def load_model(source: str | Path) -> tuple[nn.Module, str | None]:
-    """A ready model (eval mode) and its tokenizer JSON from any source :func:`read_weights` accepts."""
+def load_model(source: str | Path, *, merge: bool = True) -> tuple[nn.Module, str | None]:
+    """A ready model (eval mode) and its tokenizer JSON from any source :func:`read_weights` accepts.
+
+    An adapter checkpoint (``finetune.method`` lora / dora / qlora) holds only its adapters: the base is
+    rebuilt from the ``init_from`` model it records (after checking its content hash), the adapters are put
+    on, and with ``merge`` folded into plain weights (the fastest model for inference and export)."""
     from ..transformer_model import build_model
 
+    if Path(source).is_file():
+        checkpoint = read_checkpoint(source)
+        if K.BASE_MODEL in checkpoint:
+            return _load_adapter_checkpoint(source, checkpoint, merge=merge), checkpoint.get(K.TOKENIZER)
     state, cfg, tokenizer = read_weights(source, require_task="lm")
     if cfg is None:
         raise CheckpointError(f"{source} carries no model config; it cannot rebuild a model on its own")
     model = build_model(cfg)
     load_weights(model, state, strict=True)  # raises CheckpointError on any mismatch
     return model.eval(), tokenizer
+
+
+def _load_adapter_checkpoint(source, checkpoint: dict, *, merge: bool) -> nn.Module:
+    from ..adapters import FinetuneConfig, apply_adapters, merge_adapters
+    from ..transformer_model import build_model
+    from .init_source import check_base
+
+    run_cfg = checkpoint.get(K.RUN_CONFIG) or {}
+    base = checkpoint[K.BASE_MODEL]
+    check_base(base, base["path"], f"loading the adapters of {source}")
+    model = build_model(ModelConfig.from_dict(run_cfg["model"]))
+    load_weights(model, base["path"], strict=True)
+    finetune = FinetuneConfig(**run_cfg["finetune"])
+    apply_adapters(model, finetune)
+    adapters = strip_prefixes(checkpoint[K.STATE_DICT])
+    own = dict(model.named_parameters())
+    unknown = [k for k in adapters if k not in own]
+    if unknown or set(adapters) != {n for n, p in own.items() if p.requires_grad}:
+        raise CheckpointError(f"{source}: its adapter tensors do not match finetune={run_cfg['finetune']} ({unknown[:3]})")
+    with torch.no_grad():
+        for name, value in adapters.items():
+            own[name].copy_(value)
+    model.finetune = finetune  # for a peft-format export
+    model.base_path = base["path"]
+    return (merge_adapters(model) if merge else model).eval()
 
 
 def strip_prefixes(state: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -103,7 +103,7 @@ def test_datamodule_batches(tmp_path, toy_corpus):
 def test_directory_with_mixed_formats_asks_for_data_format(tmp_path):
     (tmp_path / "a.txt").write_text("text " * 50)
     (tmp_path / "b.json").write_text('{"text": "json"}')
-    with pytest.raises(ValueError, match="holds json and text files; set data.format"):
+    with pytest.raises(ValueError, match="holds json and text files; set data.file_format"):
         prepare_corpus(files_cfg(tmp_path), seed=0, cache_root=tmp_path / ".cache")
-    corpus = prepare_corpus(files_cfg(tmp_path, format="text"), seed=0, cache_root=tmp_path / ".cache")
+    corpus = prepare_corpus(files_cfg(tmp_path, file_format="text"), seed=0, cache_root=tmp_path / ".cache")
     assert corpus.train_tokens > 0
