@@ -50,7 +50,7 @@ def generate(
     temperature: float = 1.0,
     top_k: int | None = None,
     top_p: float | None = None,
-    eos_token_id: int | None = None,
+    eos_token_id: int | list[int] | None = None,
     *,
     attention_mask: Tensor | None = None,
     use_cache: bool = True,
@@ -59,8 +59,8 @@ def generate(
 ) -> Tensor:
     """Extend ``input_ids`` ``[b, s]`` by up to ``max_new_tokens``; returns ``[b, s + n]``.
 
-    Sequences that produced ``eos_token_id`` are padded (with ``pad_token_id``, else the EOS id)
-    until all are done. Asking for more than ``model.cfg.max_seq_len`` positions in total is an
+    Sequences that produced ``eos_token_id`` (one id, or several: end of text and end of turn) are padded
+    (with ``pad_token_id``, else the first EOS id) until all are done. Asking for more than ``model.cfg.max_seq_len`` positions in total is an
     error before any work, never a silent wrap-around.
     """
     _check(max_new_tokens, temperature, top_k, top_p)
@@ -78,21 +78,24 @@ def generate(
         caches = model.new_caches(b, total) if use_cache else None
         tokens, step_input = input_ids, input_ids
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
-        fill = pad_token_id if pad_token_id is not None else eos_token_id
+        stops = None
+        if eos_token_id is not None:
+            stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
+        fill = pad_token_id if pad_token_id is not None else (None if stops is None else int(stops[0]))
         for _ in range(max_new_tokens):
             if use_cache:
                 logits = model(step_input, attention_mask=mask, caches=caches, num_logits=1).logits[:, -1]
             else:
                 logits = model(tokens, attention_mask=mask, num_logits=1).logits[:, -1]
             next_token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            if eos_token_id is not None:
+            if stops is not None:
                 next_token = torch.where(finished, torch.full_like(next_token, fill), next_token)
-                finished |= next_token == eos_token_id
+                finished |= torch.isin(next_token, stops)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
             if mask is not None:
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             step_input = next_token[:, None]
-            if eos_token_id is not None and bool(finished.all()):
+            if stops is not None and bool(finished.all()):
                 break
         return tokens
     finally:

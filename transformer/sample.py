@@ -2,6 +2,11 @@
 
     python -m transformer.sample runs/x/checkpoints/last.ckpt --prompt "ROMEO:" --max-new-tokens 200
     python -m transformer.sample exports/x --prompt "def " --temperature 0 --max-new-tokens 80
+    python -m transformer.sample exports/chat --chat "What is the capital of France?" --system "Be brief."
+
+``--chat`` renders the question with the model's chat template (its ``tokenizer_config.json``, or
+``--template chatml | llama3 | alpaca | FILE``), adds the assistant prompt, and stops at the end-of-turn
+token (or end of text); only the answer is printed.
 """
 
 from __future__ import annotations
@@ -20,24 +25,55 @@ from .training.checkpoint_io import CheckpointError
 from .training.weights import load_model
 
 
-def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
-           seed: int = 0) -> str:
-    model, tokenizer_json = load_model(source)
-    if tokenizer_json is None:
-        candidate = Path(source) / "tokenizer.json"
-        if not candidate.is_file():
+def _tokenizer_of(source: str | Path, tokenizer_json: str | None):
+    """The source's tokenizer with its ``tokenizer_config.json`` (special tokens, chat template)."""
+    from .training import checkpoint_keys as K
+    from .training.checkpoint_io import read_checkpoint
+
+    path = Path(source)
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file():
             raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
-        tokenizer_json = candidate.read_text()
+        return load_tokenizer(path)
+    if tokenizer_json is None:
+        raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
+    config = read_checkpoint(path).get(K.TOKENIZER_CONFIG)
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "tokenizer.json").write_text(tokenizer_json)
-        tokenizer = load_tokenizer(Path(tmp) / "tokenizer.json")
-    ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
+        if config is not None:
+            (Path(tmp) / "tokenizer_config.json").write_text(config)
+        return load_tokenizer(Path(tmp) / "tokenizer.json")
+
+
+def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
+           seed: int = 0, chat: bool = False, system: str | None = None, template: str | None = None) -> str:
+    """Text generated after ``prompt``; with ``chat`` the prompt is a user message and only the reply returns."""
+    model, tokenizer_json = load_model(source)
+    tokenizer = _tokenizer_of(source, tokenizer_json)
+    stop = None
+    if chat:
+        from .data.chat import END_OF_TURN, render, resolve_template, template_tokens
+
+        text, name = resolve_template(template, tokenizer)
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+        rendered = render(text, messages, add_generation_prompt=True, tokens=template_tokens(tokenizer))
+        ids = tokenizer.encode(rendered, add_special_tokens=False) if hasattr(tokenizer, "tok") else tokenizer.encode(rendered)
+        stop = list(getattr(tokenizer, "stop_ids", [tokenizer.eos_id]))
+        turn_end = END_OF_TURN.get(name)
+        if turn_end and hasattr(tokenizer, "tok") and tokenizer.tok.token_to_id(turn_end) is not None:
+            stop.append(tokenizer.tok.token_to_id(turn_end))
+    else:
+        ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     room = model.cfg.max_seq_len - len(ids)
     if room < 1:
         raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {model.cfg.max_seq_len}")
     g = torch.Generator().manual_seed(seed)
     out = generate(model, torch.tensor([ids]), min(max_new_tokens, room), temperature=temperature, top_k=top_k,
-                   eos_token_id=None, generator=g)
+                   eos_token_id=stop, generator=g)
+    new = out[0, len(ids):].tolist()
+    if chat:
+        new = [t for t in new if t not in stop]
+        return tokenizer.decode(new, skip_special_tokens=True) if hasattr(tokenizer, "tok") else tokenizer.decode(new)
     return tokenizer.decode(out[0].tolist())
 
 
@@ -50,6 +86,9 @@ def _main(argv: list[str] | None) -> int:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("source", help="a .ckpt file, an export directory, or a Hugging Face directory")
     parser.add_argument("--prompt", default="\n")
+    parser.add_argument("--chat", metavar="QUESTION", help="ask QUESTION through the model's chat template; print the reply")
+    parser.add_argument("--system", help="with --chat: a system message")
+    parser.add_argument("--template", help="with --chat: chatml, llama3, alpaca or a Jinja file (default: the tokenizer's own)")
     parser.add_argument("--max-new-tokens", type=int, default=200)
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=50)
@@ -63,8 +102,12 @@ def _main(argv: list[str] | None) -> int:
         parser.error(f"--top-k {args.top_k} must be >= 1")
     if not Path(args.source).exists():
         raise FileNotFoundError(f"{args.source} does not exist (a .ckpt file, an export directory or a Hugging Face directory)")
-    print(sample(args.source, args.prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature,
-                 top_k=args.top_k, seed=args.seed))
+    if (args.system or args.template) and args.chat is None:
+        parser.error("--system and --template only apply with --chat")
+    chat = args.chat is not None
+    print(sample(args.source, args.chat if chat else args.prompt, max_new_tokens=args.max_new_tokens,
+                 temperature=args.temperature, top_k=args.top_k, seed=args.seed, chat=chat, system=args.system,
+                 template=args.template))
     return 0
 
 

@@ -6,9 +6,10 @@ Rendering uses the same Jinja2 setup as ``transformers`` (a sandboxed environmen
 filter), so a model's own ``chat_template`` produces the same text, and the text is tokenised without the
 tokenizer's post-processor (the template writes its own BOS), as ``apply_chat_template`` does.
 
-Which tokens train: the text of assistant turn i is what the render of ``messages[:i + 1]`` adds to the
-render of ``messages[:i]`` with the generation prompt — the reply plus its end-of-turn tokens — so the
-model learns to end its turn. Character spans map to tokens through the tokenizer's offsets.
+Which tokens train: assistant turn i is what the render of ``messages[:i + 1]`` adds to the render of
+``messages[:i]``; from the reply's first character to the end of that addition (the reply plus its
+end-of-turn tokens, so the model learns to end its turn; the role header is not trained). Character
+spans map to tokens through the tokenizer's offsets.
 """
 
 from __future__ import annotations
@@ -99,7 +100,11 @@ def template_tokens(tokenizer) -> dict:
 
 
 def trained_spans(template: str, messages: list[dict], train_on: str, tokens: dict) -> tuple[str, list[tuple[int, int]]]:
-    """-> (the full rendered text, character spans whose tokens are trained on)."""
+    """-> (the full rendered text, character spans whose tokens are trained on).
+
+    Assistant turn i adds ``render(messages[:i + 1])`` minus ``render(messages[:i])``: its header, the reply,
+    and the end-of-turn text. The span starts at the reply (the header is prompt, not answer) and runs to
+    the end of that addition, so the end-of-turn token is learned."""
     full = render(template, messages, tokens=tokens)
     if train_on == "all":
         return full, [(0, len(full))]
@@ -108,13 +113,21 @@ def trained_spans(template: str, messages: list[dict], train_on: str, tokens: di
         assistant = assistant[-1:]
     spans = []
     for i in assistant:
-        before = render(template, messages[:i], add_generation_prompt=True, tokens=tokens)
+        history = render(template, messages[:i], tokens=tokens) if i else ""
         through = render(template, messages[: i + 1], tokens=tokens)
-        if not (through.startswith(before) and full.startswith(through)):
+        if not (through.startswith(history) and full.startswith(through)):
             raise ValueError("the chat template renders earlier turns differently once later turns exist (e.g. it "
                              "rewrites past assistant replies), so trained tokens cannot be located; set "
                              "data.chat_template to chatml / llama3 / alpaca or data.train_on=all")
-        spans.append((len(before), len(through)))
+        added = through[len(history):]
+        content = messages[i]["content"]
+        start = added.find(content) if content else -1
+        if start < 0:
+            start = added.find(content.strip())  # templates that trim the reply
+        if start < 0:
+            raise ValueError("the chat template does not write assistant replies verbatim, so trained tokens cannot be "
+                             "located; set data.chat_template to chatml / llama3 / alpaca or data.train_on=all")
+        spans.append((len(history) + start, len(through)))
     return full, spans
 
 

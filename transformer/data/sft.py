@@ -49,20 +49,24 @@ def _read_rows(path: str, fmt: str):
 
 
 def conversation(row: dict, cfg: DataConfig, where: str) -> list[dict]:
-    """One row as a list of ``{role, content}`` messages, or a one-line error naming ``where`` (file, row)."""
+    """One row as a list of ``{role, content}`` messages, or a one-line error naming ``where`` (file, row).
+    A field that is null counts as missing: ``datasets`` gives every row every column of the file."""
+    present = [k for k, v in row.items() if v is not None]
+
+    def missing(name: str, key: str) -> ValueError:
+        near = closest(name, present)
+        return ValueError(f"{where}: no field {name!r} (data.{key}){f'; did you mean {near!r}?' if near else ''} "
+                          f"(fields: {', '.join(present) or 'none'})")
+
     if cfg.format == "instruction":
         def column(name: str | None, required: bool) -> str:
             if name is None:
                 return ""
-            if name not in row:
+            if row.get(name) is None:
                 if not required:
                     return ""
-                near = closest(name, list(row))
-                raise ValueError(f"{where}: no column {name!r} (data.{'instruction' if name == cfg.instruction_column else 'output'}"
-                                 f"_column){f'; did you mean {near!r}?' if near else ''} (columns: {', '.join(row)})")
+                raise missing(name, "instruction_column" if name == cfg.instruction_column else "output_column")
             value = row[name]
-            if value is None:
-                value = ""
             if not isinstance(value, str):
                 raise ValueError(f"{where}: column {name!r} holds a {type(value).__name__}, not text")
             return value
@@ -76,10 +80,8 @@ def conversation(row: dict, cfg: DataConfig, where: str) -> list[dict]:
         messages = [{"role": "system", "content": system}] if system.strip() else []
         prompt = instruction if not extra.strip() else f"{instruction}\n\n{extra}"
         return messages + [{"role": "user", "content": prompt}, {"role": "assistant", "content": output}]
-    if cfg.messages_column not in row:
-        near = closest(cfg.messages_column, list(row))
-        raise ValueError(f"{where}: no column {cfg.messages_column!r} (data.messages_column)"
-                         f"{f'; did you mean {near!r}?' if near else ''} (columns: {', '.join(row)})")
+    if row.get(cfg.messages_column) is None:
+        raise missing(cfg.messages_column, "messages_column")
     messages = row[cfg.messages_column]
     if not isinstance(messages, list) or not messages:
         raise ValueError(f"{where}: field {cfg.messages_column!r} must be a non-empty list of {{role, content}} messages")
