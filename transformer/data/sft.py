@@ -182,11 +182,14 @@ def tokenise_rows(cfg: DataConfig, tokenizer) -> tuple[list[tuple[list[int], lis
                 if cfg.overlong == "drop":
                     counts["dropped_overlong"] += 1
                     continue
+                cut = True
                 ids, trained = ids[:limit], trained[:limit]
-                counts["truncated"] += 1
+            else:
+                cut = False
             if not any(trained[1:]):  # position 0 is never a target
                 counts["dropped_untrained"] += 1
                 continue
+            counts["truncated"] += cut
             examples.append((ids, trained))
             if cfg.max_documents and len(examples) >= cfg.max_documents:
                 break

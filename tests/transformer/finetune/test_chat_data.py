@@ -62,7 +62,8 @@ def test_labels_are_ignored_exactly_off_the_assistant_replies(tmp_path):
 
 
 def _cfg(tmp_path, path, **kw):
-    return DataConfig(source="files", path=str(path), tokenizer=str(tmp_path / "tok"), block_size=48, val_fraction=0.25, **kw)
+    kw.setdefault("block_size", 48)
+    return DataConfig(source="files", path=str(path), tokenizer=str(tmp_path / "tok"), val_fraction=0.25, **kw)
 
 
 @pytest.mark.parametrize("row, message", [
@@ -97,11 +98,12 @@ def test_instruction_rows_missing_column_and_empty_output(tmp_path):
 def test_overlong_examples_are_truncated_or_dropped_and_counted(tmp_path):
     make_tokenizer(tmp_path / "tok")
     path = write_instruction_jsonl(tmp_path / "inst.jsonl", n=20)
-    long = {"instruction": "repeat " * 60, "output": "red"}
+    long = {"instruction": "repeat " * 100, "output": "red"}
     path.write_text(path.read_text() + json.dumps(long) + "\n")
-    kept = prepare_examples(_cfg(tmp_path, path, format="instruction", overlong="drop"), seed=0, cache_root=tmp_path / "c1")
+    kept = prepare_examples(_cfg(tmp_path, path, format="instruction", overlong="drop", block_size=96), seed=0,
+                            cache_root=tmp_path / "c1")
     assert kept.counts["dropped_overlong"] == 1 and kept.counts["train_examples"] + kept.counts["val_examples"] == 20
-    cut = prepare_examples(_cfg(tmp_path, path, format="instruction"), seed=0, cache_root=tmp_path / "c2")
+    cut = prepare_examples(_cfg(tmp_path, path, format="instruction", block_size=96), seed=0, cache_root=tmp_path / "c2")
     assert cut.counts["truncated"] == 0 and cut.counts["dropped_untrained"] == 1  # cut before its response: nothing to train
 
 
@@ -114,10 +116,10 @@ def test_packed_loss_equals_unpacked_loss(tmp_path):
                               cache_root=tmp_path / "cache")
     examples = ExampleDataset(*corpus.examples("train"))
     items = [examples[i] for i in range(len(examples))]
-    model = build_model(ModelConfig(vocab_size=corpus.vocab_size, embed_dim=32, num_heads=4, num_layers=2, max_seq_len=64,
+    model = build_model(ModelConfig(vocab_size=corpus.vocab_size, embed_dim=32, num_heads=4, num_layers=2, max_seq_len=160,
                                     norm="rmsnorm", mlp="swiglu", attention={"type": "gqa", "num_kv_heads": 2,
                                                                             "positional": "rope"})).eval()
-    blocks = pack(items, 64, corpus.pad_id)
+    blocks = pack(items, 160, corpus.pad_id)
     assert len(blocks) < len(items)  # several examples share a block
     x, y, positions, documents = (torch.stack(t) for t in zip(*blocks))
     with torch.no_grad():
