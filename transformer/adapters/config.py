@@ -44,13 +44,14 @@ class FinetuneConfig:
         in_range("finetune.alpha", self.alpha, 0.0, low_open=True)
         in_range("finetune.dropout", self.dropout, 0.0, 1.0, high_open=True)
         positive_int("finetune.quant_block_size", self.quant_block_size)
-        targets = list(self.targets)
-        if targets == ["all-linear"] or targets == "all-linear":
-            targets = list(ALL_LINEAR)
+        targets = [self.targets] if isinstance(self.targets, str) else list(self.targets)
+        if "all-linear" in targets:  # e.g. [all-linear, lm_head]
+            at = targets.index("all-linear")
+            targets = targets[:at] + list(ALL_LINEAR) + targets[at + 1:]
         if not targets:
             raise ValueError("finetune.targets is empty; name projections (q, k, v, o, gate, up, down, lm_head) or all-linear")
         for target in targets:
-            choice("finetune.targets entry", target, (*TARGETS, "all-linear"))
+            choice("finetune.targets entry", target, TARGETS)
         if "qkv" in targets and {"q", "k", "v"} & set(targets):
             raise ValueError("finetune.targets: qkv (one adapter over the fused projection) excludes q / k / v")
         if "gate_up" in targets and {"gate", "up"} & set(targets):
