@@ -82,7 +82,6 @@ def _cases() -> list[Case]:
     add("task-unknown", TRAIN + LM + ["task=vision"], r"task='vision' is not one of")
     add("name-with-slash", TRAIN + LM + ["name=a/b"], r"name='a/b' must be a non-empty name")
     add("out-dir-is-file", TRAIN + LM[1:] + ["out_dir=afile"], r"out_dir='afile'.*is a file")
-    add("resume-and-init", TRAIN + LM + ["resume_from=auto", "init_from=export"], r"resume_from and init_from are exclusive")
     add("allow-data-change-alone", TRAIN + LM + ["resume_allow_data_change=true"], r"resume_allow_data_change=true only applies with resume_from")
     add("fused-with-amp-clip", TRAIN + LM + ["optim.fused=true", "trainer.precision=bf16-mixed"], r"optim.fused=true cannot be combined")
     add("save-top-k-below-minus-one", TRAIN + LM + ["checkpoint.save_top_k=-5"], r"checkpoint.save_top_k=-5 must be in \[-1")
@@ -111,11 +110,11 @@ def _cases() -> list[Case]:
     add("data-hub-offline", TRAIN + LM + ["data.source=hub", "data.name=no-such-dataset-xyz"], r"could not load hub dataset data.name='no-such-dataset-xyz'")
     add("data-parquet-garbage", data("data.path=garbage.parquet"), r"cannot read garbage.parquet as parquet")
     add("data-csv-not-parquet", data("data.path=table.csv", "data.format=parquet"), r"cannot read table.csv as parquet")
-    add("tokenizer-missing", data("data.tokenizer=nope.json"), r"tokenizer file 'nope.json' does not exist")
+    add("tokenizer-missing", data("data.tokenizer=nope.json"), r"data.tokenizer='nope.json' is not 'char', 'bpe' or an existing tokenizer.json")
     add("tokenizer-malformed", data("data.tokenizer=tok_bad.json"), r"tokenizer file tok_bad.json is not valid JSON \(.* line 1, column \d+\)")
     add("tokenizer-not-a-tokenizer", data("data.tokenizer=tok_wrong.json"), r"tok_wrong.json is not a Hugging Face tokenizers file")
-    add("tokenizer-no-eos", data("data.tokenizer=tok_noeos.json"), r"tok_noeos.json: the tokenizer has no <\|endoftext\|> end-of-text token")
-    add("tokenizer-bad-name", data("data.tokenizer=wordpiece"), r"data.tokenizer='wordpiece' is not 'char', 'bpe'")
+    add("tokenizer-no-eos", data("data.tokenizer=tok_noeos.json"), r"tok_noeos.json: the tokenizer has no end-of-text token \(none of <\|endoftext\|>, </s>.*set data.eos_token")
+    add("tokenizer-bad-name", data("data.tokenizer=wordpiece"), r"data.tokenizer='wordpiece' is not 'char', 'bpe' or an existing tokenizer.json / directory")
     add("regression-data-missing", TRAIN + REG + ["data.path=nope.csv"], r"data.path: 'nope.csv' does not exist")
     add("regression-header-only", TRAIN + REG + ["data.path=header.csv"], r"hold\(s\) no data rows")
     add("regression-binary-csv", TRAIN + REG + ["data.path=binary.csv"], r"'binary.csv' is binary")
@@ -140,7 +139,37 @@ def _cases() -> list[Case]:
     add("init-missing", data("init_from=nope.ckpt"), r"init_from='nope.ckpt' does not exist")
     add("init-garbage", data("init_from=garbage.ckpt"), r"garbage.ckpt is corrupt or truncated")
     add("init-foreign-dir", data("init_from=emptydir"), r"emptydir is neither an export .* nor a Hugging Face directory")
-    add("init-strict-shape", data("init_from=export", "init_strict=true", "model.embed_dim=32"), r"strict weight loading failed")
+    add("init-contradicting-model", data("init_from=export", "model.embed_dim=32"),
+        r"model.embed_dim=32 \(the init_from model has 16\) contradicts the architecture of init_from")
+    add("init-strict-new-vocab", data("init_from=export", "init_strict=true", "data.tokenizer=char", "data.path=other.txt"),
+        r"strict weight loading failed")
+    add("resume-other-init", resume("resume_from=auto", "trainer.max_steps=8", "init_from=export"),
+        r"cannot resume from .* with init_from='export': its run started from None")
+    # ---------------------------------------------------------------- fine-tuning
+    add("finetune-without-init", data("finetune.method=lora"), r"finetune.method=lora adapts a trained model: set init_from")
+    add("finetune-unknown-target", data("init_from=export", "finetune.method=lora", "finetune.targets=[query]"),
+        r"finetune.targets entry='query' is not one of")
+    add("finetune-targets-absent", data("init_from=export", "finetune.method=lora", "finetune.targets=[q]", "finetune.layers=[5]"),
+        r"finetune.targets=\['q'\] name no projection of this model in layers \[5\].*it has: .*gate_up")
+    add("finetune-bad-method", data("init_from=export", "finetune.method=prefix"), r"finetune.method='prefix' is not one of")
+    add("chat-unknown-role", data("data.format=chat", "data.path=chat_bad_role.jsonl", "data.tokenizer={run}/tokenizer.json"),
+        r"chat_bad_role.jsonl row 2: field messages\[0\].role='human' is not one of system, user, assistant")
+    add("chat-missing-column", data("data.format=chat", "data.path=chat_no_messages.jsonl", "data.tokenizer={run}/tokenizer.json"),
+        r"chat_no_messages.jsonl row 1: no field 'messages' \(data.messages_column\)")
+    add("chat-empty-response", data("data.format=chat", "data.path=chat_empty_reply.jsonl", "data.tokenizer={run}/tokenizer.json"),
+        r"chat_empty_reply.jsonl row 1: field messages\[1\].content is an empty assistant response")
+    add("chat-template-missing", data("data.format=chat", "data.path=chat_bad_role.jsonl", "data.chat_template=nope.jinja"),
+        r"data.chat_template='nope.jinja' is neither a named template \(chatml, llama3, alpaca\) nor an existing Jinja file")
+    add("instruction-from-text", data("data.format=instruction", "data.path=toy.txt", "data.tokenizer={run}/tokenizer.json"),
+        r"reads rows with columns, but toy.txt is a text file")
+    add("instruction-char-tokenizer", data("data.format=instruction", "data.path=chat_bad_role.jsonl"),
+        r"data.format=instruction needs a trained tokenizer: init_from .* or data.tokenizer=PATH")
+    add("instruction-from-stdlib", TRAIN + LM + ["data.source=python_stdlib", "data.format=chat"], r"data.format=chat reads rows from data.path")
+    add("eos-token-unknown", data("data.tokenizer=tok_noeos.json", "data.eos_token=<nope>"),
+        r"end-of-text token '<nope>' \(data.eos_token\) is not in the vocabulary")
+    add("export-adapter-of-full", EXPORT + ["{lm_ckpt}", "out", "--adapter"], r"is not an adapter checkpoint \(finetune.method=full\)")
+    add("export-adapter-and-hf", EXPORT + ["{lm_ckpt}", "out", "--adapter", "--hf"], r"--adapter writes the adapter alone")
+    add("sample-system-without-chat", SAMPLE + ["export", "--system", "be brief"], r"--system and --template only apply with --chat")
     add("init-hf-bad-json", data("init_from=hf_bad_json"), r"hf_bad_json/config.json is not valid JSON")
     add("init-hf-missing-key", data("init_from=hf_missing_key"), r"hf_missing_key/config.json lacks 'num_attention_heads'")
     add("init-hf-unsupported", data("init_from=hf_mamba"), r"model_type='mamba' is not supported")
@@ -199,6 +228,10 @@ def _write_files(ws: Path) -> None:
     (ws / "other.txt").write_text("ZYXWVUTSRQ 0123456789!? " * 200)  # other characters: another char tokenizer
     (ws / "shuffled.txt").write_text("".join(sorted(PATTERN * 40, reverse=True)))  # same characters, other text
     (ws / "tiny.txt").write_text("hello")
+    chat = '{"messages": [{"role": "user", "content": "the quick fox"}, {"role": "assistant", "content": "lazy dog"}]}\n'
+    (ws / "chat_bad_role.jsonl").write_text(chat + '{"messages": [{"role": "human", "content": "the"}, {"role": "assistant", "content": "dog"}]}\n')
+    (ws / "chat_no_messages.jsonl").write_text('{"conversation": [{"role": "user", "content": "the"}]}\n' + chat)
+    (ws / "chat_empty_reply.jsonl").write_text('{"messages": [{"role": "user", "content": "the"}, {"role": "assistant", "content": " "}]}\n' + chat)
     (ws / "empty.txt").write_text("")
     (ws / "ws.txt").write_text("   \n\t\n  " * 20)
     (ws / "binary.bin").write_bytes(bytes(range(256)) * 8)
@@ -219,7 +252,7 @@ def _write_files(ws: Path) -> None:
 
     noeos = Tokenizer(models.BPE(vocab={"a": 0, "b": 1}, merges=[]))
     noeos.pre_tokenizer = pre_tokenizers.ByteLevel()
-    noeos.add_special_tokens(["</s>"])
+    noeos.add_special_tokens(["<pad>"])  # (</s> would be found: Llama-2 / Mistral's end of text)
     noeos.save(str(ws / "tok_noeos.json"))
     (ws / "bad.yaml").write_text("model:\n  embed_dim: [16, 32\n")
     (ws / "list.yaml").write_text("- a\n- b\n")

@@ -64,6 +64,18 @@ def _compile(template: str):
     return env.from_string(template)
 
 
+def check_template_setting(setting: str | None) -> None:
+    """``data.chat_template`` names a template that exists, and jinja2 is installed (checked before any work)."""
+    try:
+        import jinja2  # noqa: F401
+    except ImportError:
+        raise ImportError("data.format instruction / chat renders chat templates with the jinja2 package: "
+                          "pip install 'transformer-toolkit[finetune]'") from None
+    if setting is not None and setting not in NAMED_TEMPLATES and not Path(setting).is_file():
+        raise FileNotFoundError(f"data.chat_template={setting!r} is neither a named template ({', '.join(NAMED_TEMPLATES)}) "
+                                f"nor an existing Jinja file")
+
+
 def resolve_template(setting: str | None, tokenizer) -> tuple[str, str]:
     """-> (template text, its name for messages). ``setting``: ``data.chat_template``."""
     if setting is None:
@@ -71,11 +83,8 @@ def resolve_template(setting: str | None, tokenizer) -> tuple[str, str]:
         return (own, "the tokenizer's chat_template") if own else (NAMED_TEMPLATES["alpaca"], "alpaca")
     if setting in NAMED_TEMPLATES:
         return NAMED_TEMPLATES[setting], setting
-    path = Path(setting)
-    if not path.is_file():
-        raise FileNotFoundError(f"data.chat_template={setting!r} is neither a named template ({', '.join(NAMED_TEMPLATES)}) "
-                                f"nor an existing Jinja file")
-    return path.read_text(encoding="utf-8"), str(path)
+    check_template_setting(setting)
+    return Path(setting).read_text(encoding="utf-8"), str(setting)
 
 
 def render(template: str, messages: list[dict], *, add_generation_prompt: bool = False, tokens: dict | None = None) -> str:

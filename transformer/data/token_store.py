@@ -222,10 +222,10 @@ def _build(cfg: DataConfig, seed: int, cache_root: Path, directory: Path) -> Non
             tokenizer = load_tokenizer(cfg.tokenizer, eos_token=cfg.eos_token)
         dtype = token_dtype(tokenizer.vocab_size)
         tokenizer.save(tmp / "tokenizer.json")  # + tokenizer_config.json for a pretrained tokenizer
-        files = [n for n in (*CACHE_FILES, "tokenizer_config.json") if (tmp / n).is_file()]
         counts = {split: _write_tokens(docs, tokenizer, tmp / f"{split}.bin", dtype, cfg.num_proc)
                   for split, docs in (("train", train_docs), ("val", val_docs))}
         _check_counts(counts["train"], counts["val"], cfg)  # before anything lands in the cache
+        files = [n for n in (*CACHE_FILES, "tokenizer_config.json") if (tmp / n).is_file()]
         meta = {"vocab_size": tokenizer.vocab_size, "eos_id": tokenizer.eos_id, "dtype": dtype,
                 "train_tokens": counts["train"], "val_tokens": counts["val"], "format": FORMAT_VERSION,
                 "files": {n: (tmp / n).stat().st_size for n in files},

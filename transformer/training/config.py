@@ -230,7 +230,8 @@ class RunConfig(RunCommon):
         if self.finetune.adapters and not (self.init_from or self.resume_from):
             raise ValueError(f"finetune.method={self.finetune.method} adapts a trained model: set init_from to it "
                              f"(a Hugging Face directory, an export or a checkpoint)")
-        if self.data.block_size > self.model.max_seq_len:
+        # with init_from / resume_from the model comes from the checkpoint: checked once it is known (lm_task)
+        if self.data.block_size > self.model.max_seq_len and not (self.init_from or self.resume_from):
             raise ValueError(
                 f"data.block_size={self.data.block_size} exceeds model.max_seq_len={self.model.max_seq_len}"
             )

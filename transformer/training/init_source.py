@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 
 from ..config import ModelConfig
+from . import checkpoint_keys as K
 
 # model.* keys a run may set differently from its init_from model, and why each is safe:
 CHANGEABLE = {
@@ -67,10 +68,16 @@ def source_model_config(source: str | Path) -> ModelConfig | None:
             from ..interop.hf import read_hf_config
 
             return read_hf_config(path)[1]
-        raise CheckpointError(f"init_from={str(source)!r} is neither an export ({EXPORT_CONFIG}) nor a Hugging Face "
-                              f"directory (config.json)")
-    run_cfg = read_checkpoint(path).get("run_config") or {}
-    return ModelConfig.from_dict(run_cfg["model"]) if "model" in run_cfg else None
+        raise CheckpointError(f"{path} is neither an export ({EXPORT_CONFIG}) nor a Hugging Face directory "
+                              f"(config.json); init_from needs one of them, or a checkpoint")
+    checkpoint = read_checkpoint(path)
+    run_cfg = checkpoint.get(K.RUN_CONFIG) or {}
+    if "model" not in run_cfg:
+        return None
+    model = ModelConfig.from_dict(run_cfg["model"])
+    if K.BASE_MODEL in checkpoint and model.tie_embeddings and "lm_head" in (run_cfg.get("finetune") or {}).get("targets", []):
+        model = dataclasses.replace(model, tie_embeddings=False)  # its merged lm_head adapter unties the head
+    return model
 
 
 def source_tokenizer(source: str | Path) -> Path | None:

@@ -50,12 +50,16 @@ class LanguageModelTask(Task):
 
         if resume is not None:
             _continue_settings(cfg, resume)
+            if cfg.data.block_size > cfg.model.max_seq_len:
+                raise ValueError(f"data.block_size={cfg.data.block_size} exceeds model.max_seq_len={cfg.model.max_seq_len}")
             return
         self.init_notes = []
         if not cfg.init_from:
             return
         source = source_model_config(cfg.init_from)
         if source is None:
+            if cfg.data.block_size > cfg.model.max_seq_len:
+                raise ValueError(f"data.block_size={cfg.data.block_size} exceeds model.max_seq_len={cfg.model.max_seq_len}")
             return
         model, taken, applied = adopt_model_config(source, cfg.model, explicit_keys(cfg, "model"))
         cfg.model = model
@@ -72,10 +76,10 @@ class LanguageModelTask(Task):
                                  f"tokenizer the model was trained with")
             cfg.data.tokenizer = str(tokenizer)
             notes.append(f"  tokenizer: {tokenizer}")
+        self.init_notes = notes
         if cfg.data.block_size > cfg.model.max_seq_len:
             raise ValueError(f"data.block_size={cfg.data.block_size} exceeds the init_from model's max_seq_len="
-                             f"{cfg.model.max_seq_len}; lower data.block_size")
-        self.init_notes = notes
+                             f"{cfg.model.max_seq_len}; lower data.block_size (or raise model.max_seq_len with RoPE scaling)")
 
     def check_inputs(self, cfg: RunConfig) -> None:
         from ..data.corpus import check_data_files
@@ -87,6 +91,13 @@ class LanguageModelTask(Task):
                 raise FileNotFoundError(f"data.tokenizer={cfg.data.tokenizer!r} is not 'char', 'bpe' or an existing "
                                         f"tokenizer.json / directory holding one")
             load_tokenizer(cfg.data.tokenizer, eos_token=cfg.data.eos_token)  # one-line error if malformed
+        if cfg.data.format != "text":
+            from ..data.chat import check_template_setting
+
+            if cfg.data.tokenizer in ("char", "bpe"):
+                raise ValueError(f"data.format={cfg.data.format} needs a trained tokenizer: init_from (whose tokenizer is "
+                                 f"used) or data.tokenizer=PATH, not data.tokenizer={cfg.data.tokenizer}")
+            check_template_setting(cfg.data.chat_template)
         if cfg.finetune.method == "qlora":
             from ..adapters.quant import require_torchao
 

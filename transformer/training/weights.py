@@ -82,6 +82,9 @@ def read_weights(source: str | Path, *, require_task: str | None = None) -> tupl
     if require_task is not None and run_cfg.get("task", "lm") != require_task:
         hint = "; for regression use python -m regression.predict" if run_cfg.get("task") == "regression" else ""
         raise CheckpointError(f"{path} is a {run_cfg.get('task')!r} checkpoint, not a {require_task!r} one{hint}")
+    if K.BASE_MODEL in checkpoint:  # adapters only: the weights are its base with the adapters merged in
+        model = _load_adapter_checkpoint(path, checkpoint, merge=True)
+        return model.state_dict(), model.cfg, checkpoint.get(K.TOKENIZER)
     cfg = ModelConfig.from_dict(run_cfg["model"]) if "model" in run_cfg else None
     return checkpoint[K.STATE_DICT], cfg, checkpoint.get(K.TOKENIZER)
 

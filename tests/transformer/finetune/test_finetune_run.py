@@ -84,6 +84,18 @@ def test_lora_chat_finetune_end_to_end(tiny, tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(ours(ids).logits, reference(ids).logits, atol=1e-4, rtol=1e-4)
 
+    # an adapter checkpoint as init_from: its base with the adapters merged in
+    from transformer.training.lm_task import LanguageModelTask
+    from transformer.training.weights import load_weights
+    from transformer.transformer_model import build_model
+
+    cfg = load_config(CONFIG, _overrides(base, data, tmp_path, init_from=ckpt))
+    LanguageModelTask().resolve_init(cfg, None)
+    follow_up = build_model(cfg.model).eval()
+    load_weights(follow_up, ckpt, strict=True)
+    with torch.no_grad():
+        torch.testing.assert_close(follow_up(ids).logits, ours(ids).logits, atol=1e-5, rtol=1e-5)
+
     # merged Hugging Face export: AutoTokenizer + generate behave as the toolkit's sampling
     export_checkpoint(ckpt, tmp_path / "merged", hf=True)
     hf_dir = tmp_path / "merged" / "hf"

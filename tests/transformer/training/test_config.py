@@ -24,10 +24,11 @@ def test_every_shipped_config_validates_and_names_its_command(path):
         plan = plan_from_yaml(path)
         for settings in plan.runs:
             load_any_config(plan.base_config, plan.overrides + [f"{k}={v}" for k, v in settings.items()])
-    else:
-        cfg = load_any_config(str(path), [])
+    else:  # with the key=value arguments of its own command line (fine-tuning configs need init_from, data.path)
+        command = path.read_text().splitlines()[0].split()
+        cfg = load_any_config(str(path), [arg for arg in command if "=" in arg and not arg.startswith("-")])
         if isinstance(cfg, RunConfig):
-            assert cfg.data.block_size <= cfg.model.max_seq_len
+            assert cfg.init_from or cfg.data.block_size <= cfg.model.max_seq_len  # init_from: the checkpoint's model
         else:
             assert cfg.task == "regression"
     first = path.read_text().splitlines()[0]
