@@ -10,7 +10,11 @@ random init (no download), RoPE theta 10000. Both sides are the same weights: tr
 * speed: one training step (forward, loss, backward, AdamW step, zero_grad) with LoRA r=16, alpha=32 on
   every linear layer (q, k, v, o, gate, up, down), the same batch, the same ``torch.optim.AdamW`` over
   the adapter parameters. Rounds interleave the two (order alternated); medians; the ratio is
-  peft-step / toolkit-step. Target >= 1.3x.
+  peft-step / toolkit-step. Target >= 1.3x. Two batches: every position trained (language modelling),
+  and chat-style (the first 75% of positions are prompt, label -100, as ``data.train_on=assistant``
+  gives): there the toolkit's fine-tuning step runs the head only where a target is
+  (``logits_for_targets``, what ``LanguageModelModule`` does for instruction / chat data), peft computes it
+  everywhere (transformers' ``LlamaForCausalLM`` has no such option).
 * memory: peak RSS during a training step (sampled every 2 ms, second step, after the optimizer state
   exists), each configuration in a fresh process: toolkit LoRA vs toolkit full fine-tuning (target
   <= 0.6x); base weight bytes of QLoRA (NF4) vs LoRA (fp32), linear layers and whole model (<= 0.35x).
@@ -57,7 +61,7 @@ def toolkit(directory: Path, method: str):
     if method != "full":
         apply_adapters(model, FinetuneConfig(method=method, r=16, alpha=32, targets=["all-linear"]))
     model.train()
-    step = lambda x: model(x[:, :-1], x[:, 1:]).loss  # 256 positions, 256 targets
+    step = lambda x, y: model(x, y, logits_for_targets=bool((y == -100).any())).loss  # as the training module
     return model, step
 
 
@@ -68,7 +72,11 @@ def hf_peft(directory: Path):
     model = transformers.AutoModelForCausalLM.from_pretrained(directory, attn_implementation="sdpa")
     model = peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=32, lora_dropout=0.0, target_modules=TARGETS))
     model.train()
-    step = lambda x: model(input_ids=x[:, :-1], labels=x[:, :-1]).loss  # 256 positions, 255 targets (shifted inside)
+
+    def step(x, y):  # transformers shifts labels itself: labels[t] is the target of position t - 1
+        labels = torch.cat([torch.full_like(y[:, :1], -100), y], dim=1)[:, :-1]
+        return model(input_ids=x, labels=labels).loss  # (its last position's target is dropped: 255 vs 256)
+
     return model, step
 
 
@@ -76,8 +84,16 @@ def optimizer(model):
     return torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4, weight_decay=0.0)
 
 
-def train_step(step, opt, x) -> None:
-    loss = step(x)
+def batch(seq: int, size: int, prompt_share: float = 0.0, seed: int = 1):
+    """``(x [b, seq], y [b, seq])``; the first ``prompt_share`` of each row's targets are -100."""
+    ids = torch.randint(0, 49152, (size, seq + 1), generator=torch.Generator().manual_seed(seed))
+    x, y = ids[:, :-1], ids[:, 1:].clone()
+    y[:, : int(prompt_share * seq)] = -100
+    return x, y
+
+
+def train_step(step, opt, xy) -> None:
+    loss = step(*xy)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -94,7 +110,7 @@ def measure_memory(directory: Path, method: str, seq: int, batch: int) -> dict:
 
     model, step = toolkit(directory, method)
     opt = optimizer(model)
-    x = torch.randint(0, 49152, (batch, seq + 1), generator=torch.Generator().manual_seed(0))
+    x = globals()["batch"](seq, batch)
     train_step(step, opt, x)  # the optimizer state exists after this
     gc.collect()
     before = rss_bytes()
@@ -146,26 +162,28 @@ def main() -> None:
         ours_opt, theirs_opt = optimizer(ours), optimizer(theirs)
         trainable = sum(p.numel() for p in ours.parameters() if p.requires_grad)
         trainable_peft = sum(p.numel() for p in theirs.parameters() if p.requires_grad)
-        x = torch.randint(0, 49152, (args.batch, args.seq + 1), generator=torch.Generator().manual_seed(1))
+        batches = {"all positions trained": batch(args.seq, args.batch), "chat-style, 75% prompt": batch(args.seq, args.batch, 0.75)}
+        x = batches["all positions trained"][0]
         with torch.no_grad():  # the same function before any step: same weights, zero B
             ours.eval(), theirs.eval()
-            gap = (ours(x[:, :-1]).logits - theirs(input_ids=x[:, :-1]).logits).abs().max().item()
+            gap = (ours(x).logits - theirs(input_ids=x).logits).abs().max().item()
             ours.train(), theirs.train()
-        for step, opt in ((ours_step, ours_opt), (theirs_step, theirs_opt)):  # warm-up
-            train_step(step, opt, x)
-        times = {"toolkit": [], "peft": []}
-        for r in range(args.rounds):
-            order = [("toolkit", ours_step, ours_opt), ("peft", theirs_step, theirs_opt)]
-            for name, step, opt in (order if r % 2 == 0 else order[::-1]):
-                start = time.perf_counter()
-                for _ in range(args.steps):
-                    train_step(step, opt, x)
-                times[name].append((time.perf_counter() - start) / args.steps)
-        med = {k: statistics.median(v) for k, v in times.items()}
         print(f"logits before training, toolkit vs transformers+peft: max |diff| = {gap:.2e}")
-        print(f"LoRA step  toolkit {med['toolkit'] * 1e3:8.1f} ms   transformers+peft {med['peft'] * 1e3:8.1f} ms   "
-              f"speed-up {med['peft'] / med['toolkit']:.2f}x (target >= 1.3x)  [rounds: "
-              f"{', '.join(f'{a * 1e3:.0f}/{b * 1e3:.0f}' for a, b in zip(times['toolkit'], times['peft']))}]")
+        for label, xy in batches.items():
+            for step, opt in ((ours_step, ours_opt), (theirs_step, theirs_opt)):  # warm-up
+                train_step(step, opt, xy)
+            times = {"toolkit": [], "peft": []}
+            for r in range(args.rounds):
+                order = [("toolkit", ours_step, ours_opt), ("peft", theirs_step, theirs_opt)]
+                for name, step, opt in (order if r % 2 == 0 else order[::-1]):
+                    start = time.perf_counter()
+                    for _ in range(args.steps):
+                        train_step(step, opt, xy)
+                    times[name].append((time.perf_counter() - start) / args.steps)
+            med = {k: statistics.median(v) for k, v in times.items()}
+            print(f"LoRA step, {label}: toolkit {med['toolkit'] * 1e3:8.1f} ms   transformers+peft {med['peft'] * 1e3:8.1f} ms"
+                  f"   speed-up {med['peft'] / med['toolkit']:.2f}x (target >= 1.3x)  [rounds: "
+                  f"{', '.join(f'{a * 1e3:.0f}/{b * 1e3:.0f}' for a, b in zip(times['toolkit'], times['peft']))}]")
         print(f"trainable parameters: toolkit {trainable:,}, peft {trainable_peft:,}")
         from transformer.adapters import FinetuneConfig
         from transformer.adapters.peft_format import ADAPTER_WEIGHTS, save_peft_adapter

@@ -107,19 +107,23 @@ class TransformerLM(nn.Module, _Reports):
         num_logits: int | None = None,
         position_ids: Tensor | None = None,
         document_ids: Tensor | None = None,
+        logits_for_targets: bool = False,
     ) -> LMOutput:
         """``input_ids`` ``[b, s]``; ``targets`` ``[b, s]`` (-100 = ignore), already aligned (targets[t]
         is the token after input_ids[t]); ``attention_mask`` ``[b, L]`` 1 = real token (covers cached
         positions when decoding); ``num_logits``: compute the head only for the last n positions.
         Packed sequences pass ``position_ids`` ``[b, s]`` (restarting at 0 in each document) and
-        ``document_ids`` ``[b, s]``: no token attends across documents, so each is computed as if alone."""
+        ``document_ids`` ``[b, s]``: no token attends across documents, so each is computed as if alone.
+        ``logits_for_targets``: run the head only at positions whose target is not -100 (fine-tuning data,
+        where prompts carry no loss): the same loss, without the head's matmuls for the other positions;
+        ``logits`` is then ``[n, V]`` for those n positions, in order."""
         past = caches[0].self_attn.length if caches else 0
         if position_ids is not None or document_ids is not None:
             if position_ids is None or document_ids is None or caches:
                 raise ValueError("packed sequences need both position_ids and document_ids, and no KV cache")
             x = self.embed(input_ids, position_ids if self.cfg.position != "none" else None)
             out = self.decoder(x, attention_mask, position_ids=position_ids, document_ids=document_ids)
-            return self._head(out, targets, num_logits)
+            return self._head(out, targets, num_logits, logits_for_targets)
         position_ids = None
         if self.cfg.position != "none" and (attention_mask is not None or past):
             if attention_mask is not None:  # left padding: real tokens count positions from 0
@@ -128,9 +132,14 @@ class TransformerLM(nn.Module, _Reports):
                 position_ids = torch.arange(past, past + input_ids.shape[1], device=input_ids.device)
         x = self.embed(input_ids, position_ids)
         out = self.decoder(x, attention_mask, caches=caches)
-        return self._head(out, targets, num_logits)
+        return self._head(out, targets, num_logits, logits_for_targets)
 
-    def _head(self, out, targets: Tensor | None, num_logits: int | None) -> LMOutput:
+    def _head(self, out, targets: Tensor | None, num_logits: int | None, for_targets: bool = False) -> LMOutput:
+        if for_targets and targets is not None:
+            keep = targets != IGNORE_INDEX  # [b, s]
+            logits = self.head(out.hidden[keep])  # [n, V]: only where a loss is taken
+            loss, count = lm_loss(logits, targets[keep])
+            return LMOutput(logits, loss, out.aux_loss, count)
         hidden = out.hidden if num_logits is None else out.hidden[:, -num_logits:]
         logits = self.head(hidden)
         loss = count = None

@@ -65,6 +65,12 @@ def save_peft_adapter(model: nn.Module, directory: str | Path, cfg: FinetuneConf
 
     naming = _naming(model)
     modules = adapted_modules(model)
+    base_type = _base_model_type(base)
+    split = sorted({s for m in modules.values() for s in m.adapted if s in ("q", "k", "v", "gate", "up")})
+    if base_type == "phi3" and split:
+        raise ValueError(f"the base is a Phi-3 model, whose q/k/v and gate/up are single modules (qkv_proj, gate_up_proj): "
+                         f"adapters on {', '.join(split)} have no peft equivalent there; train with finetune.targets "
+                         f"qkv / gate_up, or export merged weights (--merge)")
     if not modules:
         raise ValueError("the model has no adapters to export (finetune.method=full): export merged weights instead")
     tensors: dict[str, Tensor] = {}
@@ -97,6 +103,13 @@ def save_peft_adapter(model: nn.Module, directory: str | Path, cfg: FinetuneConf
     os.replace(tmp, out / ADAPTER_WEIGHTS)
     atomic_write_text(out / ADAPTER_CONFIG, json.dumps(config, indent=2))
     return out
+
+
+def _base_model_type(base: str | None) -> str | None:
+    try:
+        return json.loads((Path(base) / "config.json").read_text()).get("model_type") if base else None
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def read_peft_config(directory: str | Path) -> dict:

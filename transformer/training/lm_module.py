@@ -44,12 +44,15 @@ class LanguageModelModule(TrainingModule):
         return self.model(input_ids, targets)
 
     def _run(self, batch):
-        """A batch is ``(x, y)``, or ``(x, y, positions, documents)`` when packed with document masks."""
+        """A batch is ``(x, y)``, or ``(x, y, positions, documents)`` when packed with document masks.
+        Fine-tuning data skip the head at positions without a target (the same loss; ``bench/finetune.py``
+        measures the saving) — not under torch.compile, where the data-dependent shape would recompile."""
+        sparse = {"logits_for_targets": True} if self.token_mean and not self.compile_model else {}
         if len(batch) == 4:
             x, y, positions, documents = batch
-            return self.model(x, y, position_ids=positions, document_ids=documents), y
+            return self.model(x, y, position_ids=positions, document_ids=documents, **sparse), y
         x, y = batch
-        return self.model(x, y), y
+        return self.model(x, y, **sparse), y
 
     # ----------------------------------------------------------------------------- training
     def on_train_batch_start(self, batch, batch_idx) -> None:

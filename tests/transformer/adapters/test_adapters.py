@@ -162,3 +162,22 @@ def test_targets_naming_no_module_list_what_exists(tmp_path):
         apply_adapters(model, FinetuneConfig(method="lora", targets=["q"], layers=[7]))
     with pytest.raises(ValueError, match="finetune.targets entry='query'"):
         FinetuneConfig(method="lora", targets=["query"])
+
+
+def test_gpt2_adapters_round_trip_through_peft(tmp_path):
+    """GPT-2 fuses q/k/v (c_attn) and stores Conv1D weights transposed: peft's fan_in_fan_out adapters."""
+    cfg = transformers.GPT2Config(vocab_size=VOCAB, n_embd=64, n_layer=2, n_head=4, n_positions=64, resid_pdrop=0.0,
+                                  embd_pdrop=0.0, attn_pdrop=0.0)
+    torch.manual_seed(0)
+    transformers.GPT2LMHeadModel(cfg).save_pretrained(tmp_path / "gpt2")
+    model = load_hf_model(tmp_path / "gpt2").eval()
+    ft = FinetuneConfig(method="lora", r=4, alpha=8, targets=["qkv", "o", "up", "down"])
+    apply_adapters(model, ft)
+    _randomise_adapters(model)
+    save_peft_adapter(model, tmp_path / "adapter", ft)
+    base = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2")
+    reference = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
+    torch.testing.assert_close(_logits(model, IDS), _logits(reference, IDS), atol=1e-4, rtol=1e-4)
+    again = load_hf_model(tmp_path / "gpt2").eval()
+    assert sorted(load_peft_adapter(again, tmp_path / "adapter").targets) == ["down", "o", "qkv", "up"]
+    torch.testing.assert_close(_logits(again, IDS), _logits(model, IDS), atol=1e-6, rtol=1e-6)

@@ -132,6 +132,27 @@ def test_packed_loss_equals_unpacked_loss(tmp_path):
     assert packed.num_tokens == unpacked.num_tokens == count
     torch.testing.assert_close(packed.loss, per_example_sum / count, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(unpacked.loss, per_example_sum / count, atol=1e-5, rtol=1e-5)
+    sparse = model(px, py, logits_for_targets=True)  # the head only where a target is: the same loss
+    assert sparse.logits.shape == (int(count), corpus.vocab_size)
+    torch.testing.assert_close(sparse.loss, unpacked.loss, atol=1e-6, rtol=1e-6)
+
+
+def test_head_only_at_targets_gives_the_same_gradients():
+    from transformer.config import ModelConfig
+    from transformer.transformer_model import build_model
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=50, embed_dim=32, num_heads=4, num_layers=2, max_seq_len=32, norm="rmsnorm",
+                                    mlp="swiglu", attention={"type": "gqa", "num_kv_heads": 2, "positional": "rope"}))
+    x = torch.randint(0, 50, (3, 20))
+    y = torch.randint(0, 50, (3, 20)).masked_fill(torch.rand(3, 20) < 0.6, -100)
+    grads = []
+    for sparse in (False, True):
+        model.zero_grad()
+        model(x, y, logits_for_targets=sparse).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    for name in grads[0]:
+        torch.testing.assert_close(grads[1][name], grads[0][name], atol=1e-6, rtol=1e-5)
 
 
 def test_text_packing_restarts_positions_and_documents_at_each_end_of_text():
