@@ -33,7 +33,7 @@ CHANGEABLE = {
     "attention.rope_low_freq_factor": "context extension",
     "attention.rope_high_freq_factor": "context extension",
     "attention.rope_original_max_len": "context extension",
-    "attention.type": "key/value heads are converted (mean-pooled per group, as in GQA uptraining)",
+    "attention.type": "between mha / mqa / gqa: key/value heads are converted (mean-pooled per group, as in GQA uptraining)",
     "attention.num_kv_heads": "key/value heads are converted (mean-pooled per group, as in GQA uptraining)",
     "vocab_size": "a new tokenizer: the embedding and head are re-initialised (reported)",
     "pad_token_id": "token ids, not weights",
@@ -89,25 +89,21 @@ def source_tokenizer(source: str | Path) -> Path | None:
     return None
 
 
-def adopt_model_config(source: ModelConfig, run: ModelConfig, explicit: set[str] | None) -> tuple[ModelConfig, list[str], list[str]]:
+def adopt_model_config(source: ModelConfig, run: ModelConfig, explicit: set[str]) -> tuple[ModelConfig, list[str], list[str]]:
     """-> (the model to build, the settings taken from the source, the deliberate changes applied).
 
-    ``explicit``: the ``model.*`` keys the user set (None: every key that differs from the schema default
-    counts as set). Raises ``ValueError`` naming the first key that contradicts the source.
+    ``explicit``: the ``model.*`` keys the user set (``training.config.explicit_keys``). Raises
+    ``ValueError`` naming the first key that contradicts the source.
     """
     theirs = flatten(source.to_dict())
     ours = flatten(run.to_dict())
-    if explicit is None:
-        defaults = flatten(ModelConfig().to_dict())
-        explicit = {k for k, v in ours.items() if defaults.get(k) != v}
-    explicit = {k for k in explicit if k in ours or not k}
-    if "" in explicit:  # "model:" given as a whole mapping in YAML: only its leaves count
-        explicit.discard("")
+    explicit = {k for k in explicit if k in ours}  # ("" — a whole "model:" mapping — counts by its leaves)
     changes, contradictions = {}, []
     for key in sorted(explicit):
         if ours[key] == theirs.get(key):
             continue
-        if key in CHANGEABLE:
+        convertible = key != "attention.type" or {ours[key], theirs.get(key)} <= {"mha", "mqa", "gqa"}
+        if key in CHANGEABLE and convertible:
             changes[key] = ours[key]
         else:
             contradictions.append(f"model.{key}={ours[key]!r} (the init_from model has {theirs.get(key)!r})")
@@ -116,10 +112,8 @@ def adopt_model_config(source: ModelConfig, run: ModelConfig, explicit: set[str]
                          f"model is built from its checkpoint), or train from scratch without init_from"
                          + (f" — also: {'; '.join(contradictions[1:])}" if len(contradictions) > 1 else ""))
     merged = dict(theirs, **changes)
-    if changes.get("attention.type") in ("mha",) and "attention.num_kv_heads" not in changes:
-        merged["attention.num_kv_heads"] = None
-    if changes.get("attention.type") == "mqa":
-        merged["attention.num_kv_heads"] = None
+    if changes.get("attention.type") in ("mha", "mqa") and "attention.num_kv_heads" not in changes:
+        merged["attention.num_kv_heads"] = None  # MHA and MQA fix their own key/value head count
     model = ModelConfig.from_dict(nest(merged))
     if ("max_seq_len" in changes and model.max_seq_len > source.max_seq_len and model.attention.positional == "rope"
             and model.attention.rope_scaling is None and source.attention.rope_scaling is None):
@@ -170,6 +164,3 @@ def check_base(recorded: dict, source: str | Path, what: str) -> None:
         raise ValueError(f"{what}: the base model at {source} is not the one the adapters were trained on (content hash "
                          f"{current['blake2b']} != {recorded.get('blake2b')}); point init_from at the original base")
 
-
-def replace_model(cfg, model: ModelConfig) -> None:
-    cfg.model = dataclasses.replace(model)

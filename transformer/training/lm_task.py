@@ -45,41 +45,16 @@ class LanguageModelTask(Task):
     def resolve_init(self, cfg: RunConfig, resume: Resume | None) -> None:
         """A resumed run continues with its checkpoint's model, adapters, base model and data settings
         wherever the config does not set them; a new run with ``init_from`` takes the architecture and
-        tokenizer of that model (``init_source``)."""
-        from .init_source import adopt_model_config, source_model_config, source_tokenizer
-
+        tokenizer of that model (``init_source``). Then the block size must fit the model now known."""
+        self.init_notes = []
         if resume is not None:
             _continue_settings(cfg, resume)
-            if cfg.data.block_size > cfg.model.max_seq_len:
-                raise ValueError(f"data.block_size={cfg.data.block_size} exceeds model.max_seq_len={cfg.model.max_seq_len}")
-            return
-        self.init_notes = []
-        if not cfg.init_from:
-            return
-        source = source_model_config(cfg.init_from)
-        if source is None:
-            if cfg.data.block_size > cfg.model.max_seq_len:
-                raise ValueError(f"data.block_size={cfg.data.block_size} exceeds model.max_seq_len={cfg.model.max_seq_len}")
-            return
-        model, taken, applied = adopt_model_config(source, cfg.model, explicit_keys(cfg, "model"))
-        cfg.model = model
-        notes = [f"init_from {cfg.init_from}: the model is built from its architecture"]
-        if taken:
-            notes.append(f"  taken from it: {', '.join(taken)}")
-        if applied:
-            notes.append(f"  changed by this config: {', '.join(applied)}")
-        set_data = explicit_keys(cfg, "data")
-        if set_data is None or "tokenizer" not in set_data:
-            tokenizer = source_tokenizer(cfg.init_from)
-            if tokenizer is None:
-                raise ValueError(f"init_from={cfg.init_from} comes with no tokenizer.json; set data.tokenizer to the "
-                                 f"tokenizer the model was trained with")
-            cfg.data.tokenizer = str(tokenizer)
-            notes.append(f"  tokenizer: {tokenizer}")
-        self.init_notes = notes
+        elif cfg.init_from:
+            self.init_notes = _adopt_init_source(cfg)
         if cfg.data.block_size > cfg.model.max_seq_len:
-            raise ValueError(f"data.block_size={cfg.data.block_size} exceeds the init_from model's max_seq_len="
-                             f"{cfg.model.max_seq_len}; lower data.block_size (or raise model.max_seq_len with RoPE scaling)")
+            where = "the init_from model's " if cfg.init_from and resume is None else ""
+            raise ValueError(f"data.block_size={cfg.data.block_size} exceeds {where}model.max_seq_len={cfg.model.max_seq_len}; "
+                             f"lower data.block_size (or raise model.max_seq_len, with RoPE scaling for a pretrained model)")
 
     def check_inputs(self, cfg: RunConfig) -> None:
         from ..data.corpus import check_data_files
@@ -244,6 +219,37 @@ class LanguageModelTask(Task):
             return None
         sample = next((c.last_sample for c in trainer.callbacks if hasattr(c, "last_sample")), None)
         return RunResult(run_dir, val_loss, trainer.global_step, seconds, sample, module.train_seconds())
+
+
+def _adopt_init_source(cfg: RunConfig) -> list[str]:
+    """The architecture (and, unless ``data.tokenizer`` is set, the tokenizer) of ``init_from``; returns the
+    report lines naming what was taken and what this config deliberately changed."""
+    from .init_source import adopt_model_config, source_model_config, source_tokenizer
+
+    source = source_model_config(cfg.init_from)
+    if source is None:  # a checkpoint that records no model config: the config's model is used as it is
+        return []
+    explicit = explicit_keys(cfg, "model")
+    if explicit is None:  # a config built in Python, not by load_config: what differs from the schema's default is set
+        from .init_source import flatten
+
+        default = flatten(RunConfig.__dataclass_fields__["model"].default_factory().to_dict())
+        explicit = {k for k, v in flatten(cfg.model.to_dict()).items() if default.get(k) != v}
+    cfg.model, taken, applied = adopt_model_config(source, cfg.model, explicit)
+    notes = [f"init_from {cfg.init_from}: the model is built from its architecture"]
+    if taken:
+        notes.append(f"  taken from it: {', '.join(taken)}")
+    if applied:
+        notes.append(f"  changed by this config: {', '.join(applied)}")
+    set_data = explicit_keys(cfg, "data")
+    if set_data is None or "tokenizer" not in set_data:
+        tokenizer = source_tokenizer(cfg.init_from)
+        if tokenizer is None:
+            raise ValueError(f"init_from={cfg.init_from} comes with no tokenizer.json; set data.tokenizer to the "
+                             f"tokenizer the model was trained with")
+        cfg.data.tokenizer = str(tokenizer)
+        notes.append(f"  tokenizer: {tokenizer}")
+    return notes
 
 
 def _continue_settings(cfg: RunConfig, resume: Resume) -> None:
