@@ -158,7 +158,8 @@ def _cases() -> list[Case]:
         r"chat_no_messages.jsonl row 1: no field 'messages' \(data.messages_column\)")
     add("chat-empty-response", data("data.format=chat", "data.path=chat_empty_reply.jsonl", "data.tokenizer={run}/tokenizer.json"),
         r"chat_empty_reply.jsonl row 1: field messages\[1\].content is an empty assistant response")
-    add("chat-template-missing", data("data.format=chat", "data.path=chat_bad_role.jsonl", "data.chat_template=nope.jinja"),
+    add("chat-template-missing", data("data.format=chat", "data.path=chat_bad_role.jsonl", "data.chat_template=nope.jinja",
+                                      "data.tokenizer={run}/tokenizer.json"),
         r"data.chat_template='nope.jinja' is neither a named template \(chatml, llama3, alpaca\) nor an existing Jinja file")
     add("instruction-from-text", data("data.format=instruction", "data.path=toy.txt", "data.tokenizer={run}/tokenizer.json"),
         r"reads rows with columns, but toy.txt is a text file")

@@ -7,6 +7,7 @@ Shapes: b batch, T block_size. An example is ``(x [T], y [T])`` with ``y[t] = x[
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import lightning as L
@@ -130,18 +131,22 @@ class LMDataModule(L.LightningDataModule):
         samples = max(self.corpus.train_tokens // self.cfg.block_size, b * world)  # one "epoch" ~ one pass of tokens
         sampler = RandomWindowSampler(len(self.train_set), samples, b, seed=self.seed, rank=rank, world_size=world,
                                       start_batch=self._batches_consumed())
-        return DataLoader(self.train_set, batch_size=b, sampler=sampler, num_workers=self.cfg.num_workers,
-                          generator=self._loader_generator(),
-                          pin_memory=torch.cuda.is_available(), persistent_workers=self.cfg.num_workers > 0)
+        return self._loader(self.train_set, sampler, persistent_workers=self.cfg.num_workers > 0)
+
+    def _loader(self, dataset, sampler, **extra) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.cfg.batch_size, sampler=sampler, num_workers=self.cfg.num_workers,
+                          collate_fn=self.collate, generator=self._loader_generator(), pin_memory=torch.cuda.is_available(),
+                          **extra)
+
+    collate = None
+    """How examples become a batch (None: stack them, as every token window has the same length)."""
 
     def val_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         length = len(self.val_set)
         if self.max_val_batches is not None:  # the same examples whatever the number of processes
             length = min(length, self.max_val_batches * self.cfg.batch_size)
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, sampler=ShardSampler(length, rank=rank, world_size=world),
-                          num_workers=self.cfg.num_workers, pin_memory=torch.cuda.is_available(),
-                          generator=self._loader_generator())
+        return self._loader(self.val_set, ShardSampler(length, rank=rank, world_size=world))
 
     def _loader_generator(self) -> torch.Generator:
         """Creating a DataLoader iterator draws a seed; from the global RNG that would shift dropout's random
@@ -187,33 +192,19 @@ class ExampleDataModule(LMDataModule):
         return self.corpus
 
     def setup(self, stage: str | None = None) -> None:
-        from .sft import ExampleDataset, PackedDataset
+        from .sft import ExampleDataset, PackedDataset, pad_batch
 
         self.prepare()
         sets = {split: ExampleDataset(*self.corpus.examples(split)) for split in ("train", "val")}
         if self.cfg.packing:
             sets = {split: PackedDataset(d, self.cfg.block_size, self.corpus.pad_id) for split, d in sets.items()}
+        else:  # a plain function (picklable for loader workers): right-pad each batch to its longest example
+            self.collate = functools.partial(pad_batch, pad_id=self.corpus.pad_id)
         self.train_set, self.val_set = sets["train"], sets["val"]
 
-    def _collate(self, batch):
-        from torch.utils.data import default_collate
-
-        from .sft import pad_batch
-
-        return default_collate(batch) if self.cfg.packing else pad_batch(batch, self.corpus.pad_id)
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()
         sampler = EpochSampler(len(self.train_set), self.cfg.batch_size, seed=self.seed, rank=rank, world_size=world,
                                start_batch=self._batches_consumed())
-        return DataLoader(self.train_set, batch_size=self.cfg.batch_size, sampler=sampler, collate_fn=self._collate,
-                          num_workers=self.cfg.num_workers, generator=self._loader_generator(),
-                          persistent_workers=self.cfg.num_workers > 0)
-
-    def val_dataloader(self) -> DataLoader:
-        rank, world = self._rank_world()
-        length = len(self.val_set)
-        if self.max_val_batches is not None:
-            length = min(length, self.max_val_batches * self.cfg.batch_size)
-        return DataLoader(self.val_set, batch_size=self.cfg.batch_size, sampler=ShardSampler(length, rank=rank, world_size=world),
-                          collate_fn=self._collate, num_workers=self.cfg.num_workers, generator=self._loader_generator())
+        return self._loader(self.train_set, sampler, persistent_workers=self.cfg.num_workers > 0)

@@ -286,7 +286,7 @@ class ExampleDataset(torch.utils.data.Dataset):
         return ids[:-1], labels[1:]
 
 
-def pad_batch(examples: list[tuple[torch.Tensor, torch.Tensor]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def pad_batch(examples: list[tuple[torch.Tensor, torch.Tensor]], *, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Right-pad to the longest example: ``x`` with ``pad_id``, ``y`` with -100."""
     length = max(len(x) for x, _ in examples)
     x = torch.full((len(examples), length), pad_id, dtype=torch.long)

@@ -146,21 +146,21 @@ class LanguageModelTask(Task):
         """The ``init_from`` weights, then the adapters (``finetune``). A resumed full fine-tune needs neither
         (its checkpoint holds every weight); a resumed adapter run loads its base again — after checking it
         is the base it was trained on — and Lightning then restores the adapters."""
-        from .init_source import base_fingerprint, check_base
+        from .base_model import base_fingerprint, check_base
         from .weights import load_weights
 
         adapters = cfg.finetune.adapters
         if resume is not None and not adapters:
             return None
-        if resume is not None:
-            check_base(resume.extras.get(K.BASE_MODEL) or {}, cfg.init_from, f"resuming {resume.path}")
+        if adapters:  # the base the adapters belong to, by path and content hash (read once)
+            self.base = (check_base(resume.extras.get(K.BASE_MODEL) or {}, cfg.init_from, f"resuming {resume.path}")
+                         if resume is not None else base_fingerprint(cfg.init_from))
         for note in getattr(self, "init_notes", []):
             print(note)
         report = load_weights(module.model, cfg.init_from, strict=cfg.init_strict, freeze=cfg.init_freeze)
         if adapters:
             from ..adapters import apply_adapters
 
-            self.base = base_fingerprint(cfg.init_from)
             adapter_report = apply_adapters(module.model, cfg.finetune)
             module.keep_only_trainable()
             if resume is None:

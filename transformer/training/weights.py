@@ -112,7 +112,7 @@ def load_model(source: str | Path, *, merge: bool = True) -> tuple[nn.Module, st
 def _load_adapter_checkpoint(source, checkpoint: dict, *, merge: bool) -> nn.Module:
     from ..adapters import FinetuneConfig, apply_adapters, merge_adapters
     from ..transformer_model import build_model
-    from .init_source import check_base
+    from .base_model import check_base
 
     run_cfg = checkpoint.get(K.RUN_CONFIG) or {}
     base = checkpoint[K.BASE_MODEL]

@@ -124,7 +124,7 @@ def test_packed_loss_equals_unpacked_loss(tmp_path):
     x, y, positions, documents = (torch.stack(t) for t in zip(*blocks))
     with torch.no_grad():
         packed = model(x, y, position_ids=positions, document_ids=documents)
-        px, py = pad_batch(items, corpus.pad_id)
+        px, py = pad_batch(items, pad_id=corpus.pad_id)
         unpacked = model(px, py)
         alone = [model(ex[None], ey[None]) for ex, ey in items]
     per_example_sum = sum(o.loss * o.num_tokens for o in alone)
