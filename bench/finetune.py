@@ -106,7 +106,7 @@ def rss_bytes() -> int:
 
 def measure_memory(directory: Path, method: str, seq: int, batch: int) -> dict:
     """(child process) peak RSS during the second training step, and weight bytes."""
-    from transformer.adapters.quant import dequantize, weight_bytes  # noqa: F401
+    from transformer.adapters.quant import weight_bytes
 
     model, step = toolkit(directory, method)
     opt = optimizer(model)

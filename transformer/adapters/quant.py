@@ -8,7 +8,6 @@ one-line error naming the package.
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 

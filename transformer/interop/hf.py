@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..config import ModelConfig
 from ..training.checkpoint_io import atomic_write_text
 from ..transformer_model import build_model
-from .hf_config import SUPPORTED, family_of, generation_config, hf_config_from_model, model_config_from_hf
+from .hf_config import family_of, generation_config, hf_config_from_model, model_config_from_hf
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ from outside (lightning-hydra-template style) and owns the step logic and metric
 
 Losses: each micro-batch contributes ``sum of token losses / nominal tokens`` (b * T), which
 Lightning divides by ``accumulate_grad_batches``; so the gradient is the per-token mean over every
-target of the accumulation window (packed LM blocks have no ignored targets). Validation
+target of the accumulation window (packed LM blocks have no ignored targets). Instruction / chat data
+(``token_mean``), where most targets are -100 and their share varies by batch, use each micro-batch's
+mean over its trained tokens instead (as ``transformers``' Trainer and ``trl`` do). Validation
 accumulates loss sums and token counts in ``torchmetrics.SumMetric`` s, which reduce across DDP
 ranks as sums — never a mean of per-rank means.
 """
