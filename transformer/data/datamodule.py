@@ -154,10 +154,10 @@ class LMDataModule(L.LightningDataModule):
         return torch.Generator().manual_seed(self.seed)
 
 
-class EpochSampler(Sampler[int]):
+class EpochSampler(RandomWindowSampler):
     """An endless, seeded stream of example indices: each epoch a permutation (seeded with ``seed + epoch``),
     cut into ``[batches, world_size, batch_size]``; rank r takes its slice, and ``start_batch`` continues a
-    resumed run exactly where it stopped (like :class:`RandomWindowSampler`, without replacement)."""
+    resumed run exactly where it stopped (:class:`RandomWindowSampler`'s stream, drawn without replacement)."""
 
     def __init__(self, num_examples: int, batch_size: int, *, seed: int, rank: int = 0, world_size: int = 1,
                  start_batch: int = 0) -> None:
@@ -171,13 +171,6 @@ class EpochSampler(Sampler[int]):
         need = self.batches_per_epoch * self.world_size * self.batch_size
         order = torch.cat([torch.randperm(self.n, generator=g) for _ in range(-(-need // self.n))])[:need]
         return order.view(self.batches_per_epoch, self.world_size, self.batch_size)[:, self.rank]
-
-    def __iter__(self):
-        epoch, within = divmod(self.start_batch, self.batches_per_epoch)
-        while True:
-            for batch in self._epoch(epoch)[within:].tolist():
-                yield from batch
-            epoch, within = epoch + 1, 0
 
 
 class ExampleDataModule(LMDataModule):
