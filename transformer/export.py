@@ -65,14 +65,17 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool =
     os.replace(tmp, out / EXPORT_WEIGHTS)
     for name, text in files.items():
         atomic_write_text(out / name, text)
-    if hf:
+    loaded = None
+    if tokenizer is not None:
         from .data.tokenizer import load_tokenizer
+
+        loaded = load_tokenizer(out / EXPORT_TOKENIZER)  # with the tokenizer_config.json beside it
+        if loaded.kind == "char":  # an older run's char file: rewritten as a tokenizers tokenizer.json
+            loaded.save(out / EXPORT_TOKENIZER)
+    if hf:
         from .interop import export_hf
 
-        hf_tokenizer = None
-        if tokenizer is not None and '"type": "char"' not in tokenizer[:40]:
-            hf_tokenizer = load_tokenizer(out / EXPORT_TOKENIZER)  # with the tokenizer_config.json beside it
-        export_hf(model, out / "hf", overwrite=overwrite, tokenizer=hf_tokenizer)
+        export_hf(model, out / "hf", overwrite=overwrite, tokenizer=loaded)
     return out
 
 

@@ -17,46 +17,10 @@ EOS = "<|endoftext|>"
 TOKENIZER_FILE, TOKENIZER_CONFIG_FILE, CHAT_TEMPLATE_FILE = "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"
 # End-of-text names of the common families, tried in order when tokenizer_config.json names none:
 # GPT-2 / Qwen / SmolLM, Llama-2 / Mistral / TinyLlama, Llama-3, Gemma, BERT.
+CHAR_SPLIT = r"[\s\S]"  # the char tokenizer's pre-tokenizer: every character on its own
 EOS_CANDIDATES = (EOS, "</s>", "<|end_of_text|>", "<eos>", "[SEP]")
 # End-of-turn tokens of the chat templates people use (ChatML, Llama-3, Phi-3, Gemma): generation stops there.
 END_OF_TURN_CANDIDATES = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>")
-
-
-class CharTokenizer:
-    """One id per character seen in the training text (sorted, so ids are deterministic), plus EOS.
-
-    Characters not seen in training map to EOS on encode rather than failing mid-run.
-    """
-
-    kind = "char"
-
-    def __init__(self, chars: Iterable[str]) -> None:
-        self.chars = sorted(set(chars))
-        self.stoi = {c: i for i, c in enumerate(self.chars)}
-        self.eos_id = len(self.chars)
-
-    @classmethod
-    def train(cls, texts: Iterable[str]) -> "CharTokenizer":
-        seen: set[str] = set()
-        for text in texts:
-            seen.update(text)
-        if not seen:
-            raise ValueError("cannot build a char tokenizer: the training text is empty")
-        return cls(seen)
-
-    @property
-    def vocab_size(self) -> int:
-        return len(self.chars) + 1
-
-    def encode(self, text: str) -> list[int]:
-        eos, stoi = self.eos_id, self.stoi
-        return [stoi.get(c, eos) for c in text]
-
-    def decode(self, ids: Iterable[int]) -> str:
-        return "".join(self.chars[i] if i < len(self.chars) else "" for i in ids)
-
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(json.dumps({"type": "char", "chars": self.chars}, ensure_ascii=False))
 
 
 def _token_text(value) -> str | None:
@@ -171,7 +135,80 @@ class BPETokenizer:
         return config
 
 
+class CharTokenizer(BPETokenizer):
+    """One id per character seen in the training text (sorted, so ids are deterministic), plus EOS last.
+
+    Saved as a Hugging Face ``tokenizers`` file (a word-level vocabulary of single characters, a
+    pre-tokenizer that splits every character, a ``Fuse`` decoder), so ``AutoTokenizer`` loads a char
+    model's export like any other. Characters not seen in training map to EOS on encode rather than
+    failing mid-run. Encoding here is a dict lookup per character; the one difference from the saved
+    ``tokenizer.json`` is that ``transformers`` reads the literal text ``<|endoftext|>`` as the EOS token.
+    """
+
+    kind = "char"
+
+    def __init__(self, chars: Iterable[str]) -> None:
+        from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+        from tokenizers import Tokenizer as HFTokenizer
+
+        self.chars = sorted(set(chars) - {EOS})
+        self.stoi = {c: i for i, c in enumerate(self.chars)}
+        tok = HFTokenizer(models.WordLevel({**self.stoi, EOS: len(self.chars)}, unk_token=EOS))
+        tok.pre_tokenizer = pre_tokenizers.Split(Regex(CHAR_SPLIT), behavior="isolated")
+        tok.decoder = decoders.Fuse()
+        tok.add_special_tokens([AddedToken(EOS, special=True, normalized=False)])
+        super().__init__(tok, config={"eos_token": EOS})
+
+    @classmethod
+    def train(cls, texts: Iterable[str]) -> "CharTokenizer":
+        seen: set[str] = set()
+        for text in texts:
+            seen.update(text)
+        if not seen:
+            raise ValueError("cannot build a char tokenizer: the training text is empty")
+        return cls(seen)
+
+    @classmethod
+    def from_file_data(cls, data: dict) -> "CharTokenizer | None":
+        """The char tokenizer a parsed ``tokenizer.json`` describes (this format, or the toolkit's older
+        ``{"type": "char", "chars": [...]}``), else None."""
+        if data.get("type") == "char":
+            chars = data.get("chars")
+            return cls(chars) if isinstance(chars, list) and chars and all(isinstance(c, str) and len(c) == 1 for c in chars) else None
+        model, split = data.get("model") or {}, data.get("pre_tokenizer") or {}
+        if (model.get("type") != "WordLevel" or (data.get("decoder") or {}).get("type") != "Fuse"
+                or split.get("type") != "Split" or split.get("pattern") != {"Regex": CHAR_SPLIT}):
+            return None
+        vocab = model.get("vocab") or {}
+        chars = sorted(vocab, key=vocab.get)
+        if chars[-1:] != [EOS] or not all(len(c) == 1 for c in chars[:-1]) or sorted(chars[:-1]) != chars[:-1]:
+            return None
+        return cls(chars[:-1])
+
+    def encode(self, text: str, *, add_special_tokens: bool = True) -> list[int]:
+        eos, stoi = self.eos_id, self.stoi
+        return [stoi.get(c, eos) for c in text]
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids: Iterable[int], *, skip_special_tokens: bool = False) -> str:
+        chars, n = self.chars, len(self.chars)
+        return "".join(chars[i] if i < n else ("" if skip_special_tokens else EOS) for i in ids)
+
+
 Tokenizer = CharTokenizer | BPETokenizer
+
+
+def tokenizer_identity(text: str):
+    """What two ``tokenizer.json`` texts must share to tokenise alike: a char tokenizer's characters (in
+    either of its formats), else the parsed JSON (so formatting does not matter)."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    char = CharTokenizer.from_file_data(data) if isinstance(data, dict) else None
+    return ("char", tuple(char.chars)) if char is not None else data
 
 
 def tokenizer_settings(directory: Path) -> tuple[dict, list[int]]:
@@ -218,11 +255,11 @@ def load_tokenizer(path: str | Path, *, eos_token: str | None = None) -> Tokeniz
         raise ValueError(f"tokenizer file {path} is not valid JSON ({err.msg} at line {err.lineno}, column {err.colno})") from None
     if not isinstance(data, dict):
         raise ValueError(f"tokenizer file {path} holds a JSON {type(data).__name__}, not a tokenizer")
+    char = CharTokenizer.from_file_data(data)
+    if char is not None:
+        return char
     if data.get("type") == "char":
-        chars = data.get("chars")
-        if not isinstance(chars, list) or not chars or not all(isinstance(c, str) and len(c) == 1 for c in chars):
-            raise ValueError(f"tokenizer file {path}: a char tokenizer needs 'chars', a list of single characters")
-        return CharTokenizer(chars)
+        raise ValueError(f"tokenizer file {path}: a char tokenizer needs 'chars', a list of single characters")
     from tokenizers import Tokenizer as HFTokenizer
 
     try:

@@ -243,6 +243,6 @@ def export_hf(model: nn.Module, path: str | os.PathLike, *, overwrite: bool = Fa
         if generation["eos_token_id"] is None:
             generation["eos_token_id"] = hf_config.get("eos_token_id")
         atomic_write_text(directory / "generation_config.json", json.dumps(generation, indent=2))
-    if tokenizer is not None and hasattr(tokenizer, "tokenizer_config"):
+    if tokenizer is not None:
         tokenizer.save(directory / "tokenizer.json")  # + tokenizer_config.json
     return directory

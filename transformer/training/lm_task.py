@@ -8,7 +8,6 @@ final validation loss.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,9 +111,11 @@ class LanguageModelTask(Task):
                                  f"{cfg.model.max_seq_len}; shorten it or set sample.max_new_tokens=0")
 
     def check_resume(self, cfg: RunConfig, data, resume: Resume) -> None:
+        from ..data.tokenizer import tokenizer_identity
+
         corpus = data.corpus
         saved_tokenizer = resume.extras.get(K.TOKENIZER)
-        if saved_tokenizer is not None and _json(saved_tokenizer) != _json(corpus.tokenizer_path.read_text()):
+        if saved_tokenizer is not None and tokenizer_identity(saved_tokenizer) != tokenizer_identity(corpus.tokenizer_path.read_text()):
             raise ValueError(
                 f"cannot resume from {resume.path}: the tokenizer differs from the one the run trained with (a "
                 f"different data.tokenizer, or a char tokenizer rebuilt from changed text). Resume with the run's own "
@@ -277,10 +278,3 @@ def _continue_settings(cfg: RunConfig, resume: Resume) -> None:
             if key in current and key not in set_keys:
                 current[key] = value
         setattr(cfg, section, build(nest(current)))
-
-
-def _json(text: str):
-    try:
-        return json.loads(text)
-    except ValueError:
-        return text
