@@ -6,6 +6,12 @@ Batched prompts of different lengths are **left-padded** with an ``attention_mas
 token). ``temperature=0`` is greedy decoding. With greedy decoding the cache changes nothing:
 ``use_cache=False`` recomputes the whole sequence each step and yields the same tokens.
 
+Past the model's context (``max_seq_len``) :func:`generate` stops with an error, or with ``slide=True`` keeps
+going over a sliding window: when the window is full, the newest ``max_seq_len - max_seq_len // 4`` tokens are
+re-encoded from position 0 (a fresh cache) and decoding continues. Every positional scheme (learned
+positions, RoPE, ALiBi, relative biases) then sees what it saw in training, a window that starts at
+position 0; the price is one prefill every ``max_seq_len // 4`` tokens.
+
 Shape legend: b batch, s prompt length, n new tokens, V vocab.
 """
 
@@ -56,37 +62,45 @@ def generate(
     use_cache: bool = True,
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
+    slide: bool = False,
 ) -> Tensor:
     """Extend ``input_ids`` ``[b, s]`` by up to ``max_new_tokens``; returns ``[b, s + n]``.
 
     Sequences that produced ``eos_token_id`` (one id, or several: end of text and end of turn) are padded
-    (with ``pad_token_id``, else the first EOS id) until all are done. Asking for more than ``model.cfg.max_seq_len`` positions in total is an
-    error before any work, never a silent wrap-around.
+    (with ``pad_token_id``, else the first EOS id) until all are done. Asking for more than
+    ``model.cfg.max_seq_len`` positions in total is an error before any work, never a silent wrap-around,
+    unless ``slide`` (see the module docstring).
     """
     _check(max_new_tokens, temperature, top_k, top_p)
     b, s = input_ids.shape
-    total = s + max_new_tokens
-    if total > model.cfg.max_seq_len:
-        raise ValueError(
-            f"prompt length {s} + max_new_tokens {max_new_tokens} = {total} exceeds model.max_seq_len={model.cfg.max_seq_len}"
-        )
+    limit = model.cfg.max_seq_len
+    if s + max_new_tokens > limit and not slide:
+        raise ValueError(f"prompt length {s} + max_new_tokens {max_new_tokens} = {s + max_new_tokens} exceeds "
+                         f"model.max_seq_len={limit}; generate fewer tokens or pass slide=True (a sliding context)")
+    keep = limit - limit // 4  # tokens re-encoded when the window slides
     was_training = model.training
     model.eval()
     try:
         # Without padding there is nothing to mask beyond causality: pass no mask at all (fast path).
         mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.to(input_ids.dtype)
-        caches = model.new_caches(b, total) if use_cache else None
-        tokens, step_input = input_ids, input_ids
+        start = s - keep if s > limit else 0  # the window is tokens[:, start:]
+        caches = model.new_caches(b, min(s + max_new_tokens, limit)) if use_cache else None
+        tokens, step_input = input_ids, input_ids[:, start:]
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         stops = None
         if eos_token_id is not None:
             stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
         fill = pad_token_id if pad_token_id is not None else (None if stops is None else int(stops[0]))
         for _ in range(max_new_tokens):
+            if tokens.shape[1] - start > limit:  # the window is full: slide it and re-encode from position 0
+                start = tokens.shape[1] - keep
+                step_input = tokens[:, start:]
+                caches = model.new_caches(b, limit) if use_cache else None
+            window_mask = None if mask is None else mask[:, start:]
             if use_cache:
-                logits = model(step_input, attention_mask=mask, caches=caches, num_logits=1).logits[:, -1]
+                logits = model(step_input, attention_mask=window_mask, caches=caches, num_logits=1).logits[:, -1]
             else:
-                logits = model(tokens, attention_mask=mask, num_logits=1).logits[:, -1]
+                logits = model(tokens[:, start:], attention_mask=window_mask, num_logits=1).logits[:, -1]
             next_token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
             if stops is not None:
                 next_token = torch.where(finished, torch.full_like(next_token, fill), next_token)

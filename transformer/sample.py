@@ -7,6 +7,10 @@
 ``--chat`` renders the question with the model's chat template (its ``tokenizer_config.json``, or
 ``--template chatml | llama3 | alpaca | FILE``), adds the assistant prompt, and stops at the end-of-turn
 token (or end of text); only the answer is printed.
+
+Past the model's context (``max_seq_len``), plain sampling keeps going over a sliding window: the newest
+three quarters of the context are re-encoded from position 0 whenever it fills, which every positional
+scheme handles as in training (``--context stop`` stops there instead). Either way a note on stderr says so.
 """
 
 from __future__ import annotations
@@ -46,8 +50,13 @@ def _tokenizer_of(source: str | Path, tokenizer_json: str | None):
 
 
 def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
-           seed: int = 0, chat: bool = False, system: str | None = None, template: str | None = None) -> str:
-    """Text generated after ``prompt``; with ``chat`` the prompt is a user message and only the reply returns."""
+           seed: int = 0, chat: bool = False, system: str | None = None, template: str | None = None,
+           context: str = "slide") -> str:
+    """Text generated after ``prompt``; with ``chat`` the prompt is a user message and only the reply returns.
+
+    Past the model's context, ``context="slide"`` keeps generating over a sliding window (see
+    :mod:`transformer.generation`); ``"stop"`` stops there. Either way a note on stderr says so.
+    """
     model, tokenizer_json = load_model(source)
     tokenizer = _tokenizer_of(source, tokenizer_json)
     stop = None
@@ -57,23 +66,32 @@ def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temper
         text, name = resolve_template(template, tokenizer)
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         rendered = render(text, messages, add_generation_prompt=True, tokens=template_tokens(tokenizer))
-        ids = tokenizer.encode(rendered, add_special_tokens=False) if hasattr(tokenizer, "tok") else tokenizer.encode(rendered)
-        stop = list(getattr(tokenizer, "stop_ids", [tokenizer.eos_id]))
+        ids = tokenizer.encode(rendered, add_special_tokens=False)
+        stop = list(tokenizer.stop_ids)
         turn_end = END_OF_TURN.get(name)
-        if turn_end and hasattr(tokenizer, "tok") and tokenizer.tok.token_to_id(turn_end) is not None:
+        if turn_end and tokenizer.tok.token_to_id(turn_end) is not None:
             stop.append(tokenizer.tok.token_to_id(turn_end))
     else:
         ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
-    room = model.cfg.max_seq_len - len(ids)
-    if room < 1:
-        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {model.cfg.max_seq_len}")
+    limit = model.cfg.max_seq_len
+    room = limit - len(ids)
+    if len(ids) + max_new_tokens > limit:
+        if context == "stop" or chat:  # a reply is never cut from its own question
+            if room < 1:
+                raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {limit}: shorten the prompt")
+            print(f"note: stopping after {room} new tokens, where the model's {limit}-token context ends "
+                  f"(asked for {max_new_tokens}{'' if chat else '; --context slide keeps going'})", file=sys.stderr)
+            max_new_tokens = room
+        else:
+            print(f"note: the model's context is {limit} tokens; generating past it over a sliding window "
+                  f"(the newest {limit - limit // 4} tokens re-encoded from position 0 every {limit // 4} tokens)",
+                  file=sys.stderr)
     g = torch.Generator().manual_seed(seed)
-    out = generate(model, torch.tensor([ids]), min(max_new_tokens, room), temperature=temperature, top_k=top_k,
-                   eos_token_id=stop, generator=g)
+    out = generate(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k,
+                   eos_token_id=stop, generator=g, slide=True)
     new = out[0, len(ids):].tolist()
     if chat:
-        new = [t for t in new if t not in stop]
-        return tokenizer.decode(new, skip_special_tokens=True) if hasattr(tokenizer, "tok") else tokenizer.decode(new)
+        return tokenizer.decode([t for t in new if t not in stop], skip_special_tokens=True)
     return tokenizer.decode(out[0].tolist())
 
 
@@ -93,6 +111,8 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
     parser.add_argument("--top-k", type=int, default=50)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--context", choices=("slide", "stop"), default="slide",
+                        help="past the model's context: keep generating over a sliding window (default) or stop there")
     args = parser.parse_args(argv)
     if args.max_new_tokens < 0:
         parser.error(f"--max-new-tokens {args.max_new_tokens} must be >= 0")
@@ -107,7 +127,7 @@ def _main(argv: list[str] | None) -> int:
     chat = args.chat is not None
     print(sample(args.source, args.chat if chat else args.prompt, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, seed=args.seed, chat=chat, system=args.system,
-                 template=args.template))
+                 template=args.template, context=args.context))
     return 0
 
 

@@ -50,8 +50,37 @@ def test_stops_at_eos_and_refuses_to_exceed_max_seq_len():
     first = generate(model, prompt, 1, temperature=0)[:, -1]
     out = generate(model, prompt, 8, temperature=0, eos_token_id=int(first[0]), pad_token_id=0)
     assert out[0, 4] == first[0] and (out[0, 5:] == 0).all()
-    with pytest.raises(ValueError, match=r"4 \+ max_new_tokens 13 = 17 exceeds model.max_seq_len=16"):
+    with pytest.raises(ValueError, match=r"4 \+ max_new_tokens 13 = 17 exceeds model.max_seq_len=16.*slide=True"):
         generate(model, prompt, 13)
+
+
+def _sliding_reference(model, tokens, n):
+    """Greedy decoding past the context, written from the rule: when the window would exceed max_seq_len,
+    it restarts at the newest max_seq_len - max_seq_len // 4 tokens, re-encoded from position 0."""
+    limit, keep = model.cfg.max_seq_len, model.cfg.max_seq_len - model.cfg.max_seq_len // 4
+    start = 0 if tokens.shape[1] <= limit else tokens.shape[1] - keep
+    for _ in range(n):
+        if tokens.shape[1] - start > limit:
+            start = tokens.shape[1] - keep
+        with torch.no_grad():
+            logits = model(tokens[:, start:]).logits[:, -1]
+        tokens = torch.cat([tokens, logits.argmax(-1, keepdim=True)], dim=1)
+    return tokens
+
+
+@pytest.mark.parametrize("setting", [dict(attention={"positional": "rope"}), dict(attention={"positional": "alibi"}),
+                                     dict(position="learned", attention={"positional": "none"}),
+                                     dict(attention={"positional": "rope", "sliding_window": 5})])
+def test_sliding_context_keeps_generating_past_max_seq_len(setting):
+    model = build_model(tiny("lm", "gqa", max_seq_len=16, **setting)).eval()
+    prompt = torch.randint(1, 97, (2, 6))
+    out = generate(model, prompt, 40, temperature=0, slide=True)
+    assert out.shape == (2, 46)
+    assert torch.equal(out, _sliding_reference(model, prompt, 40))
+    assert torch.equal(out, generate(model, prompt, 40, temperature=0, slide=True, use_cache=False))
+    assert torch.equal(out[:, :16], generate(model, prompt, 10, temperature=0))  # unchanged inside the context
+    long_prompt = torch.randint(1, 97, (1, 30))  # longer than the context: its newest tokens are the window
+    assert torch.equal(generate(model, long_prompt, 5, temperature=0, slide=True), _sliding_reference(model, long_prompt, 5))
 
 
 def test_sampling_filters():

@@ -51,8 +51,8 @@ class TextSampleCallback(L.Callback):
             raise ValueError(f"sample.prompt is {len(prompt_ids)} tokens, no room under model.max_seq_len={model.cfg.max_seq_len}")
         ids = torch.tensor([prompt_ids], device=pl_module.device)
         g = torch.Generator(device=pl_module.device).manual_seed(0)
-        out = generate(model, ids, min(self.cfg.max_new_tokens, room), temperature=self.cfg.temperature,
-                       top_k=self.cfg.top_k, generator=g)
+        out = generate(model, ids, self.cfg.max_new_tokens, temperature=self.cfg.temperature,
+                       top_k=self.cfg.top_k, generator=g, slide=True)  # past the context: a sliding window
         text = self.tokenizer.decode(out[0].tolist())
         self.last_sample = text
         return text

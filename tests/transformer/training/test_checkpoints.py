@@ -197,7 +197,7 @@ def test_mha_to_mqa_conversion_beats_random_kv(tmp_path, toy_corpus):
         convert_checkpoint(ckpt, tmp_path / "mqa.ckpt", to="mqa")
 
 
-def test_export_reload_identical_logits_and_sample(tmp_path, toy_corpus):
+def test_export_reload_identical_logits_and_sample(tmp_path, toy_corpus, capsys):
     done = run(_cfg(toy_corpus, tmp_path, name="exp", **{"trainer.max_steps": 4, "trainer.val_check_interval": 2}))
     ckpt = done.run_dir / "checkpoints" / "last.ckpt"
     out = export_checkpoint(ckpt, tmp_path / "export")
@@ -209,6 +209,11 @@ def test_export_reload_identical_logits_and_sample(tmp_path, toy_corpus):
     from transformer.sample import sample
 
     assert sample(out, "the quick", max_new_tokens=10, temperature=0).startswith("the quick")
+    capsys.readouterr()
+    long = sample(out, "the quick", max_new_tokens=60, temperature=0)  # past the 32-token context: it slides
+    assert len(long) == len("the quick") + 60 and "sliding window" in capsys.readouterr().err
+    stopped = sample(out, "the quick", max_new_tokens=60, temperature=0, context="stop")
+    assert stopped == long[:32] and "stopping after 23 new tokens" in capsys.readouterr().err
     with pytest.raises(FileExistsError):
         export_checkpoint(ckpt, tmp_path / "export")
     (tmp_path / "export" / "model.safetensors").write_bytes(b"\x00" * 10)
