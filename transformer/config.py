@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from .attention import available_attention_types
+from .attention.registry import available_attention_types
 from .attention.config import AttentionConfig, check_known_keys
 from .validation import choice, in_range, positive_fields
 

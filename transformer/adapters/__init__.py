@@ -1,9 +1,19 @@
 """Parameter-efficient fine-tuning: LoRA / DoRA / QLoRA adapters on the fused projections, merging,
-and the ``peft`` adapter file format. See ``inject`` for the target names."""
+and the ``peft`` adapter file format. See ``inject`` for the target names.
 
-from .config import FinetuneConfig
-from .inject import AdapterReport, adapted_modules, apply_adapters, merge_adapters, trainable_state
-from .lora import AdaptedLinear
+Names are imported on first use, so reading the ``finetune`` schema for ``--help`` or a config error
+does not load torch.
+"""
 
-__all__ = ["AdaptedLinear", "AdapterReport", "FinetuneConfig", "adapted_modules", "apply_adapters", "merge_adapters",
-           "trainable_state"]
+from importlib import import_module
+
+_EXPORTS = {"FinetuneConfig": ".config", "AdaptedLinear": ".lora", "AdapterReport": ".inject", "adapted_modules": ".inject",
+            "apply_adapters": ".inject", "merge_adapters": ".inject", "trainable_state": ".inject"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        return getattr(import_module(_EXPORTS[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
