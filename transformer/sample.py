@@ -75,10 +75,10 @@ def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temper
         ids = tokenizer.encode(prompt) or [tokenizer.eos_id]
     limit = model.cfg.max_seq_len
     room = limit - len(ids)
+    if room < 1:  # never drop the start of what the user wrote
+        raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {limit}: shorten the prompt")
     if len(ids) + max_new_tokens > limit:
         if context == "stop" or chat:  # a reply is never cut from its own question
-            if room < 1:
-                raise ValueError(f"the prompt is {len(ids)} tokens; the model's context is {limit}: shorten the prompt")
             print(f"note: stopping after {room} new tokens, where the model's {limit}-token context ends "
                   f"(asked for {max_new_tokens}{'' if chat else '; --context slide keeps going'})", file=sys.stderr)
             max_new_tokens = room

@@ -135,9 +135,11 @@ def _write_tokens(ds, tokenizer: Tokenizer, path: Path, dtype: str, num_proc: in
         ids = [x + [eos] for x in ids]
         return {"ids": ids, "n": [len(x) for x in ids]}
 
-    tokenized = ds.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None,
-                       desc=f"tokenising {path.stem}")
+    started = time.perf_counter()
+    print(f"tokenising {path.stem}: {len(ds):,} document(s) ...", end="", flush=True)
+    tokenized = ds.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
     total = int(np.sum(tokenized["n"]))
+    print(f" {total:,} tokens in {time.perf_counter() - started:.1f} s", flush=True)
     limit = np.iinfo(dtype).max
     out = np.memmap(path, dtype=dtype, mode="w+", shape=(max(total, 1),))
     pos = 0
@@ -217,7 +219,11 @@ def _build(cfg: DataConfig, seed: int, cache_root: Path, directory: Path) -> Non
         if cfg.tokenizer == "char":
             tokenizer = CharTokenizer.train(train_docs["text"])
         elif cfg.tokenizer == "bpe":
+            started = time.perf_counter()
+            print(f"training a byte-level BPE tokenizer (data.vocab_size={cfg.vocab_size}) on {len(train_docs):,} "
+                  f"training document(s) ...", end="", flush=True)
             tokenizer = BPETokenizer.train((t for t in train_docs["text"]), cfg.vocab_size)
+            print(f" done in {time.perf_counter() - started:.1f} s", flush=True)
         else:
             tokenizer = load_tokenizer(cfg.tokenizer, eos_token=cfg.eos_token)
         dtype = token_dtype(tokenizer.vocab_size)

@@ -26,7 +26,7 @@ class SaveOnInterrupt(L.Callback):
 
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.global_step == 0:
             return
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)
         self.saved_at = trainer.global_step
         if trainer.is_global_zero:
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "interrupt"

@@ -97,6 +97,11 @@ class TrainerConfig:
     peak_flops: float | None = None
     """Peak FLOP/s of one device, for the MFU metric (``None``: looked up for known GPUs, else no MFU)."""
     progress_bar: bool = True
+    """Show progress: a bar on a terminal; plain lines (step, loss, tokens/s, lr, elapsed, ETA) when stdout is
+    not a terminal (``nohup``, SLURM), plus one line per validation. ``false``: neither."""
+    progress_every_n_steps: int | None = None
+    """Steps between plain progress lines (``None``: about 50 per run); rounded up to a multiple of
+    ``log_every_n_steps``."""
 
     def __post_init__(self) -> None:
         self.precision = str(self.precision)
@@ -105,7 +110,7 @@ class TrainerConfig:
         choice("trainer.accelerator", self.accelerator, ACCELERATORS)
         self.devices = parse_devices(self.devices)
         positive_fields("trainer", self, ("num_nodes", "max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches"))
-        positive_fields("trainer", self, ("limit_val_batches",), optional=True)
+        positive_fields("trainer", self, ("limit_val_batches", "progress_every_n_steps"), optional=True)
         if self.peak_flops is not None:
             in_range("trainer.peak_flops", self.peak_flops, 0.0, low_open=True)
 

@@ -45,6 +45,11 @@ class LanguageModelModule(TrainingModule):
     def forward(self, input_ids, targets=None):
         return self.model(input_ids, targets)
 
+    @staticmethod
+    def batch_tokens(batch) -> int:
+        """Input positions in a micro-batch (``x`` is ``[b, s]``), for tokens/s."""
+        return batch[0].numel()
+
     def _run(self, batch):
         """A batch is ``(x, y)``, or ``(x, y, positions, documents)`` when packed with document masks.
         Fine-tuning data skip the head at positions without a target (the same loss; ``bench/finetune.py``
@@ -87,7 +92,7 @@ class LanguageModelModule(TrainingModule):
         elapsed, self._step_started = now - self._step_started, None
         if not self._logging_step:
             return
-        tokens = batch[0].numel() * accumulate * self.trainer.world_size
+        tokens = self.batch_tokens(batch) * accumulate * self.trainer.world_size
         tokens_per_sec = tokens / max(elapsed, 1e-9)
         self.log("train/tokens_per_sec", tokens_per_sec, on_step=True, on_epoch=False, rank_zero_only=True)
         peak = self._peak_flops()

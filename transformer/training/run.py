@@ -34,6 +34,8 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint_keys as K
+from .quiet import silence_known_noise
+from .run_status import write_status
 from .config import ConfigError, flat_dict, to_container, to_yaml
 from .run_dir import (RUN_DIR_ENV, RunLock, clean_leftovers, is_last_checkpoint_of_its_run, make_new_dir,
                       resolve_run_dir)
@@ -237,6 +239,7 @@ def run(cfg, task: Task):
     """Train one run of ``cfg`` with ``task`` end to end; returns the task's result (on rank 0; None on other
     ranks). ``tasks.dispatch(cfg)`` picks the task that ``cfg.task`` names."""
     started = time.perf_counter()
+    silence_known_noise()
     check_run_inputs(cfg)
     resume = resolve_resume(cfg)
     task.resolve_init(cfg, resume)
@@ -295,14 +298,31 @@ def run(cfg, task: Task):
             if description:
                 print(description)
         fitting = True
-        task.fit(cfg, trainer, module, data, str(resume.path) if resume else None)
+        if rank == 0:
+            write_status(run_dir, "running", task=cfg.task, name=cfg.name, max_steps=cfg.trainer.max_steps,
+                         **({"started": time.strftime("%Y-%m-%d %H:%M:%S")} if not resume else {"resumed_from": str(resume.path)}))
+        try:
+            task.fit(cfg, trainer, module, data, str(resume.path) if resume else None)
+        except SystemExit as err:
+            # Lightning ends a Ctrl-C with sys.exit(1) after its callbacks ran (SaveOnInterrupt saved last.ckpt):
+            # report it as the interrupt it was (exit status 130), not as a failure.
+            if type(err).__name__ != "SIGTERMException" and trainer.state.status.value == "interrupted":
+                raise KeyboardInterrupt from None
+            raise
         result = task.result(cfg, trainer, module, data, run_dir, time.perf_counter() - started)
         if result is not None and trainer.is_global_zero:
             from .checkpoint_io import atomic_write_text
 
             atomic_write_text(run_dir / "result.json", json.dumps(result.to_json(), indent=2, default=float))
+            write_status(run_dir, "finished", step=trainer.global_step, seconds=round(time.perf_counter() - started, 1))
         return result
-    except BaseException:
+    except BaseException as err:
+        if fitting and rank == 0:
+            from ..errors import describe
+
+            stopped = isinstance(err, (KeyboardInterrupt, SystemExit))
+            write_status(run_dir, "interrupted" if stopped else "failed", step=trainer.global_step,
+                         **({} if stopped else {"error": describe(err)}))
         if not fitting and place.kind != "peer":  # a failed start leaves no run directory, cache or out_dir behind
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)

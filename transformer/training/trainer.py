@@ -7,7 +7,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, RichProgressBar, TQDMProgressBar
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ..layers import TransformerBlock
 from .callbacks import SaveOnInterrupt
@@ -15,6 +15,7 @@ from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .checkpoint_io import atomic_save, atomic_write_text, read_checkpoint
 from .config import RunConfig
+from .progress import ProgressReporter, progress_interval
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -104,6 +105,8 @@ def build_loggers(cfg: RunConfig, run_dir: Path, *, resume_step: int | None = No
             project=wandb.project, entity=wandb.entity, group=wandb.group, tags=list(wandb.tags) or None,
             name=run_dir.name, save_dir=str(run_dir), offline=offline, id=_wandb_id(run_dir), resume="allow",
         ))
+        # Lightning passes anonymous=None, which wandb answers with a deprecation warning on every run.
+        getattr(loggers[-1], "_wandb_init", {}).pop("anonymous", None)
     return loggers
 
 
@@ -148,7 +151,7 @@ def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = ()
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.progress_bar:
-        callbacks.append(_progress_bar())
+        callbacks.append(ProgressReporter(progress_interval(t.max_steps, t.log_every_n_steps, t.progress_every_n_steps)))
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
         precision=t.precision, max_steps=t.max_steps,
@@ -157,17 +160,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = ()
         val_check_interval=t.val_check_interval * t.accumulate_grad_batches, check_val_every_n_epoch=None,
         limit_val_batches=1.0, log_every_n_steps=t.log_every_n_steps,
         accumulate_grad_batches=t.accumulate_grad_batches, gradient_clip_val=cfg.optim.grad_clip or None,
-        deterministic=t.deterministic, logger=loggers or False, callbacks=callbacks, enable_progress_bar=t.progress_bar,
+        deterministic=t.deterministic, logger=loggers or False, callbacks=callbacks, enable_progress_bar=False,
         use_distributed_sampler=False, default_root_dir=str(run_dir), num_sanity_val_steps=0,
         plugins=[AtomicCheckpointIO()],
         enable_model_summary=False,
     )
 
-
-def _progress_bar():
-    try:
-        import rich  # noqa: F401
-
-        return RichProgressBar(leave=True)
-    except ImportError:
-        return TQDMProgressBar()
