@@ -97,8 +97,8 @@ def describe_run(run_dir: Path) -> RunRow:
     metric = BEST_METRIC.get(task, "val/loss")
     best, logged = _best(run_dir / "csv" / "metrics.csv", metric)
     record = record or {}
-    steps = record.get("step", result.get("steps", logged))
-    wall = result.get("wall_time_s", record.get("seconds"))
+    steps = logged if status == "running" else record.get("step", result.get("steps", logged))
+    wall = record.get("wall_s", result.get("wall_time_s"))  # summed over a resumed run's launches
     if wall is None and status == "running":
         start = _seconds(record.get("started"))
         wall = time.time() - start if start else None

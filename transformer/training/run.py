@@ -283,7 +283,7 @@ def run(cfg, task: Task):
             removed = clean_leftovers(run_dir, keep_checkpoints=(resume.tracked | {"last.ckpt"}) if resume and resume.in_place else None)
             if removed:
                 print(f"removed {len(removed)} file(s) left by interrupted processes of this run: {', '.join(removed)}")
-        from .trainer import build_trainer
+        from .trainer import build_trainer, finish_loggers
 
         trainer = build_trainer(cfg, run_dir, callbacks=task.callbacks(cfg, data), monitor=task.monitor,
                                 resume_step=resume.step if resume and resume.in_place else None)
@@ -314,15 +314,21 @@ def run(cfg, task: Task):
             from .checkpoint_io import atomic_write_text
 
             atomic_write_text(run_dir / "result.json", json.dumps(result.to_json(), indent=2, default=float))
-            write_status(run_dir, "finished", step=trainer.global_step, seconds=round(time.perf_counter() - started, 1))
+            write_status(run_dir, "finished", step=trainer.global_step, launch_seconds=time.perf_counter() - started)
+        finish_loggers(trainer)
         return result
     except BaseException as err:
+        if fitting:  # (build_trainer and finish_loggers were imported before fitting began)
+            try:
+                finish_loggers(trainer, exit_code=1)
+            except Exception:  # never hide the run's own error behind a logger's
+                pass
         if fitting and rank == 0:
             from ..errors import describe
 
             stopped = isinstance(err, (KeyboardInterrupt, SystemExit))
             write_status(run_dir, "interrupted" if stopped else "failed", step=trainer.global_step,
-                         **({} if stopped else {"error": describe(err)}))
+                         launch_seconds=time.perf_counter() - started, **({} if stopped else {"error": describe(err)}))
         if not fitting and place.kind != "peer":  # a failed start leaves no run directory, cache or out_dir behind
             if created is not None:
                 shutil.rmtree(created, ignore_errors=True)

@@ -19,11 +19,16 @@ STATUS_FILE = "status.json"
 STATES = ("running", "finished", "interrupted", "failed", "killed")
 
 
-def write_status(run_dir: Path, status: str, **fields) -> None:
-    """Replace ``status.json`` atomically, keeping the fields of earlier writes (start time, resumes)."""
+def write_status(run_dir: Path, status: str, *, launch_seconds: float | None = None, **fields) -> None:
+    """Replace ``status.json`` atomically, keeping the fields of earlier writes (start time, resumes);
+    ``launch_seconds`` (this launch's time) adds up into ``wall_s`` over a run's launches."""
     from .checkpoint_io import atomic_write_text
 
     record = read_status(run_dir) or {}
+    if status != "failed":
+        record.pop("error", None)  # an earlier launch's failure, since resumed
+    if launch_seconds is not None:
+        record["wall_s"] = round(record.get("wall_s", 0.0) + launch_seconds, 1)
     record.update(fields, status=status, updated=time.strftime("%Y-%m-%d %H:%M:%S"), pid=os.getpid(),
                   host=socket.gethostname())
     atomic_write_text(Path(run_dir) / STATUS_FILE, json.dumps(record, indent=2, default=str))

@@ -110,6 +110,17 @@ def build_loggers(cfg: RunConfig, run_dir: Path, *, resume_step: int | None = No
     return loggers
 
 
+def finish_loggers(trainer, *, exit_code: int = 0) -> None:
+    """Close a W&B run here rather than at interpreter exit, where wandb prints its closing lines with escape
+    codes even into a log file (and cannot record how the run ended)."""
+    if not any(type(logger).__name__ == "WandbLogger" for logger in trainer.loggers):
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
 def _wandb_id(run_dir: Path) -> str:
     """A run id kept in the run directory, so a resumed run continues the same W&B run."""
     path = run_dir / "wandb_id.txt"
