@@ -104,10 +104,10 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def find_latest_run(out_dir: str | Path, name: str) -> Path | None:
-    """The newest ``<out_dir>/<name>-*`` run directory holding ``checkpoints/last.ckpt``."""
+def find_runs(out_dir: str | Path, name: str) -> list[Path]:
+    """The ``<out_dir>/<name>-*`` run directories holding ``checkpoints/last.ckpt``, newest checkpoint first."""
     candidates = [p for p in Path(out_dir).glob(f"{name}-*") if (p / "checkpoints" / "last.ckpt").is_file()]
-    return max(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, default=None)
+    return sorted(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, reverse=True)
 
 
 def model_config_differences(saved: dict[str, Any], current: dict[str, Any], prefix: str = "model") -> list[str]:

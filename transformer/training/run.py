@@ -182,16 +182,12 @@ def check_accelerator(t) -> None:
 # ----------------------------------------------------------------------------- 2. resume
 def resolve_resume(cfg) -> Resume | None:
     """The checkpoint ``resume_from`` points at (``auto``: the newest run of this name), validated."""
-    from .checkpoint_io import find_latest_run, read_checkpoint
+    from .checkpoint_io import read_checkpoint
 
     if not cfg.resume_from:
         return None
     if cfg.resume_from == "auto":
-        run_dir = find_latest_run(cfg.out_dir, cfg.name)
-        if run_dir is None:
-            raise FileNotFoundError(f"resume_from=auto: no run named {cfg.name!r} with checkpoints/last.ckpt under "
-                                    f"{cfg.out_dir}; check name= and out_dir=, or give the checkpoint path")
-        path = run_dir / "checkpoints" / "last.ckpt"
+        path = auto_resume_run(cfg) / "checkpoints" / "last.ckpt"
     else:
         path = Path(cfg.resume_from)
     saved = read_checkpoint(path)  # one-line error for missing / corrupt / foreign files, before any work
@@ -210,6 +206,60 @@ def resolve_resume(cfg) -> Resume | None:
     extras = {k: saved[k] for k in (K.TOKENIZER, K.TOKENIZER_CONFIG, K.DATA_FINGERPRINT, K.PREPROCESSING, K.BASE_MODEL)
               if k in saved}
     return Resume(path, step, run_config, is_last_checkpoint_of_its_run(path), extras, tracked)
+
+
+def auto_resume_run(cfg) -> Path:
+    """``resume_from=auto``: the newest ``<out_dir>/<name>-*`` run with a ``last.ckpt`` whose task, model and
+    ``init_from`` agree with every such setting this config makes (a run of the same name started from another
+    model or with another attention type is passed over). None agreeing is an error listing each candidate
+    and how it differs."""
+    from .checkpoint_io import find_runs
+
+    runs = find_runs(cfg.out_dir, cfg.name)
+    if not runs:
+        raise FileNotFoundError(f"resume_from=auto: no run named {cfg.name!r} with checkpoints/last.ckpt under "
+                                f"{cfg.out_dir}; check name= and out_dir=, or give the checkpoint path")
+    rejected = []
+    for run_dir in runs:
+        diffs = _run_differences(cfg, run_dir)
+        if not diffs:
+            if len(runs) > 1:
+                print(f"resume_from=auto: {run_dir} (the newest of {len(runs)} runs named {cfg.name!r} whose model matches "
+                      f"the config{'; passed over: ' + ', '.join(str(r) for r, _ in rejected) if rejected else ''})")
+            return run_dir
+        rejected.append((run_dir, diffs))
+    listed = "; ".join(f"{run_dir} ({', '.join(diffs[:3])}{', ...' if len(diffs) > 3 else ''})" for run_dir, diffs in rejected)
+    raise ValueError(f"resume_from=auto: none of the {len(runs)} run(s) named {cfg.name!r} under {cfg.out_dir} has this "
+                     f"config's model: {listed}. Give resume_from=<path to last.ckpt>, or start a new run (another name=)")
+
+
+def _run_differences(cfg, run_dir: Path) -> list[str]:
+    """``key: run's -> config's`` for the task, ``init_from`` and each ``model.*`` key the config sets (every
+    model key when the config's explicit keys are unknown), against the run's ``config.yaml``."""
+    from .config import explicit_keys
+    from .init_source import flatten
+
+    try:
+        import yaml
+
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    except (OSError, ValueError):
+        from .checkpoint_io import read_checkpoint
+
+        saved = read_checkpoint(run_dir / "checkpoints" / "last.ckpt").get(K.RUN_CONFIG) or {}
+    current = to_container(cfg)
+    diffs = []
+    if saved.get("task", "lm") != cfg.task:
+        diffs.append(f"task: {saved.get('task', 'lm')!r} -> {cfg.task!r}")
+    if cfg.init_from and saved.get("init_from") and Path(saved["init_from"]).resolve() != Path(cfg.init_from).resolve():
+        diffs.append(f"init_from: {saved['init_from']!r} -> {cfg.init_from!r}")
+    ours, theirs = flatten(current.get("model") or {}), flatten(saved.get("model") or {})
+    keys = explicit_keys(cfg, "model")
+    for key in sorted(ours):
+        chosen = keys is None or "" in keys or any(key == k or key.startswith(k + ".") for k in keys)
+        if chosen and key != "vocab_size" and key in theirs and theirs[key] != ours[key]:
+            diffs.append(f"model.{key}: {theirs[key]!r} -> {ours[key]!r}")
+    return diffs
 
 
 def check_resume_config(cfg, resume: Resume, *, before_data: bool = False) -> None:

@@ -51,6 +51,22 @@ def test_exact_resume_mid_epoch_with_accumulation_and_dropout(tmp_path, toy_corp
     assert _losses(straight.run_dir) == _losses(second.run_dir) and len(_losses(straight.run_dir)) == 20
 
 
+def test_resume_auto_picks_the_newest_run_whose_model_matches(tmp_path, toy_corpus, capsys):
+    short = {"trainer.max_steps": 4, "trainer.val_check_interval": 2, "sample.max_new_tokens": 0}
+    mha = run(_cfg(toy_corpus, tmp_path, name="same", **short, **{"model.attention.type": "mha"}))
+    gqa_keys = {"model.attention.type": "gqa", "model.attention.num_kv_heads": 2}
+    gqa = run(_cfg(toy_corpus, tmp_path, name="same", **short, **gqa_keys))  # newer, same name, other model
+    capsys.readouterr()
+    more = {**short, "trainer.max_steps": 6}
+    assert run(_cfg(toy_corpus, tmp_path, name="same", resume_from="auto", **more,
+                    **{"model.attention.type": "mha"})).run_dir == mha.run_dir
+    assert f"passed over: {gqa.run_dir}" in capsys.readouterr().out
+    assert run(_cfg(toy_corpus, tmp_path, name="same", resume_from="auto", **more, **gqa_keys)).run_dir == gqa.run_dir
+    with pytest.raises(ValueError, match=r"none of the 2 run\(s\) named 'same' .* has this config's model: "
+                                         r".*same-.*model\.attention\.type: 'gqa' -> 'mqa'.*same-.*'mha' -> 'mqa'"):
+        run(_cfg(toy_corpus, tmp_path, name="same", resume_from="auto", **more, **{"model.attention.type": "mqa"}))
+
+
 def test_resume_refuses_a_different_model_and_bad_files(tmp_path, toy_corpus):
     done = run(_cfg(toy_corpus, tmp_path, name="r", **{"trainer.max_steps": 4, "trainer.val_check_interval": 2}))
     ckpt = done.run_dir / "checkpoints" / "last.ckpt"
