@@ -1,5 +1,7 @@
 """Regression runs end to end: training, metrics, checkpoints, predict, and the embedded default's quality."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,7 @@ import torch
 
 from regression.cli import run
 from regression.config import RegressionRunConfig
-from regression.predict import load_regressor, predict_file
+from regression.predict import load_regressor, main as main_predict, predict_file
 from transformer.cli import load_any_config, main
 
 
@@ -18,7 +20,7 @@ def quick(tmp_path, *extra):
 
 
 @pytest.mark.parametrize("attention_type", ["gqa", "mla"])
-def test_quick_run_predict_and_checkpoint(tmp_path, attention_type):
+def test_quick_run_predict_and_checkpoint(tmp_path, attention_type, capsys):
     extra = [f"model.attention.type={attention_type}"] + (["model.attention.num_kv_heads=2"] if attention_type == "gqa" else [])
     cfg = quick(tmp_path, *extra)
     assert isinstance(cfg, RegressionRunConfig)
@@ -33,10 +35,24 @@ def test_quick_run_predict_and_checkpoint(tmp_path, attention_type):
     frame = synthetic_frame(cfg.data, seed=5)
     frame.to_csv(tmp_path / "new.csv", index=False)
     out = predict_file(ckpt, tmp_path / "new.csv", tmp_path / "pred.csv")
-    assert len(out) == len(frame) - cfg.data.window + 1 and list(out.columns)[-1] == "pred_y"
+    assert len(out) == len(frame) - cfg.data.window + 1 and list(out.columns)[-2:] == ["y", "pred_y"]
     assert abs(out["pred_y"].std() - frame["y"].std()) < frame["y"].std()  # original units, not standardised
+    # the input held the target: the actual value sits beside each prediction, and the metrics are the direct ones
+    ends = out["window_end_row"].to_numpy()
+    assert np.array_equal(out["y"].to_numpy(), frame.sort_values(["series", "t"])["y"].to_numpy()[ends])
+    expected = {"rmse": float(np.sqrt(np.mean((out["pred_y"] - out["y"]) ** 2))),
+                "mape": float(100 * np.mean(np.abs(out["pred_y"] - out["y"]) / np.abs(out["y"])))}
+    saved = json.loads((tmp_path / "pred.csv.metrics.json").read_text())
+    assert saved["predictions"] == len(out) and all(abs(saved[k] - v) < 1e-9 for k, v in expected.items())
     with pytest.raises(FileExistsError):
         predict_file(ckpt, tmp_path / "new.csv", tmp_path / "pred.csv")
+    # the embedded default needs no input file: --synthetic draws fresh data (the run's seed + 1)
+    assert main_predict([str(ckpt), "--synthetic", str(tmp_path / "syn.csv"), "--write-input", str(tmp_path / "in.csv")]) == 0
+    assert "against the" in capsys.readouterr().out and "MAPE" in (tmp_path / "syn.csv.metrics.json").read_text().upper()
+    assert np.allclose(pd.read_csv(tmp_path / "in.csv")["y"], synthetic_frame(cfg.data, seed=cfg.seed + 1)["y"])
+    with pytest.raises(SystemExit, match="2"):
+        main_predict([str(ckpt), "--synthetic", str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    assert "give only the predictions file" in capsys.readouterr().err
 
 
 def test_tabular_csv_run_and_predict(tmp_path):
@@ -51,6 +67,7 @@ def test_tabular_csv_run_and_predict(tmp_path):
     result = run(cfg)
     out = predict_file(next((result.run_dir / "checkpoints").glob("step*.ckpt")), tmp_path / "houses.csv", tmp_path / "p.parquet")
     assert len(out) == 600 and out["pred_price"].mean() > 1000  # original units (prices), not z-scores
+    assert out["price"].tolist() == frame["price"].tolist()  # the actual value beside its prediction
 
 
 def test_cli_errors_for_regression(tmp_path, capsys):

@@ -18,6 +18,7 @@ KNOWN_NOISE = (
     r"Checkpoint directory .* exists and is not empty",          # a resumed run's own checkpoints
     r".*Previous log files in this directory will be deleted",   # false: AppendingCSVLogger keeps them
     r".*`weights_only` was not set",
+    r"The number of training batches .* is smaller than the logging interval",  # step-based runs log across epochs
 )
 
 
