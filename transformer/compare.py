@@ -6,11 +6,12 @@
 For every run: attention type, heads / KV heads / latent rank, parameters, KV-cache bytes per token
 (analytic, and relative to an MHA cache of the same width), training tokens/s (median of the logged
 values), decode tokens/s with the KV cache (measured here on the run's best checkpoint: batch 1, the
-same prompt and length for every run, greedy, median of 3), best validation loss and perplexity, wall
-time, and the quality ratio to the MHA run (``ppl_MHA / ppl_run``; 1.0 = as good as MHA).
+same prompt and length for every run, greedy, median of 5 rounds interleaved across the runs, with the
+rounds' spread; a spread over 25% is flagged), best validation loss and perplexity, wall time, and the
+quality ratio to the MHA run (``ppl_MHA / ppl_run``; 1.0 = as good as MHA). MHA comes first.
 
-Plots: validation loss vs step and vs wall time; KV-cache bytes vs best validation loss with the
-trade-off frontier. Runs whose configs differ in anything besides the compared (swept) keys are
+Plots: validation loss vs step (1-based, as checkpoint names count) and vs wall time; KV-cache bytes
+vs best validation loss with the trade-off frontier; each run has one colour in all three. Runs whose configs differ in anything besides the compared (swept) keys are
 flagged, naming the keys, so an unfair comparison is never silent.
 
 Runs are read from ``config.yaml`` + ``csv/metrics.csv`` (+ ``result.json``); a run logged only to
@@ -117,21 +118,37 @@ def _best_checkpoint(path: Path) -> Path | None:
     return last if last.is_file() else None
 
 
+NOISY_SPREAD = 0.25  # (max - min) / median of a run's decode rounds above this: the figure is flagged as noisy
+
+
 @torch.inference_mode()
-def decode_tokens_per_second(checkpoint: Path, *, prompt_len: int = 16, new_tokens: int = 64, rounds: int = 3) -> float:
+def decode_speeds(checkpoints: list[Path | None], *, prompt_len: int = 16, new_tokens: int = 64,
+                  rounds: int = 5) -> list[dict | None]:
+    """Decode tokens/s of each checkpoint (batch 1, greedy, KV cache), measured in interleaved rounds (run A,
+    B, C, then A, B, C again ...) so a machine that gets busier part-way slows every run alike. Returns the
+    median and the spread ``(max - min) / median`` over the rounds (None where there is no checkpoint)."""
     from .generation import generate
     from .training.weights import load_model
 
-    model, _ = load_model(checkpoint)
-    new_tokens = min(new_tokens, model.cfg.max_seq_len - prompt_len)
-    prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
-    generate(model, prompt, 4, temperature=0)  # warm-up
-    times = []
+    jobs = {}
+    for i, path in enumerate(checkpoints):
+        if path is None:
+            continue
+        model, _ = load_model(path)
+        n = min(new_tokens, model.cfg.max_seq_len - prompt_len)
+        prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+        generate(model, prompt, 4, temperature=0)  # warm-up
+        jobs[i] = (model, prompt, n, [])
     for _ in range(rounds):
-        t0 = time.perf_counter()
-        generate(model, prompt, new_tokens, temperature=0)
-        times.append(time.perf_counter() - t0)
-    return new_tokens / statistics.median(times)
+        for model, prompt, n, speeds in jobs.values():
+            t0 = time.perf_counter()
+            generate(model, prompt, n, temperature=0)
+            speeds.append(n / (time.perf_counter() - t0))
+    out: list[dict | None] = [None] * len(checkpoints)
+    for i, (_, _, _, speeds) in jobs.items():
+        median = statistics.median(speeds)
+        out[i] = {"median": median, "spread": (max(speeds) - min(speeds)) / median, "rounds": len(speeds)}
+    return out
 
 
 def _model_figures(config: dict) -> dict:
@@ -165,18 +182,27 @@ def fairness_flags(runs: list[Run], swept: list[str]) -> None:
                 run.flags.append(f"{key}={json.loads(value)!r} (others: {json.loads(majority)!r})")
 
 
-def build_rows(runs: list[Run], *, measure_decode: bool = True) -> None:
-    for run in runs:
+def order_runs(runs: list[Run]) -> list[Run]:
+    """MHA first (the reference every ratio is taken against), then the others in their given (sweep) order."""
+    return sorted(runs, key=lambda r: (r.config.get("model", {}).get("attention", {}).get("type") != "mha"))
+
+
+def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: int = 5) -> None:
+    checkpoints = [_best_checkpoint(run.path) for run in runs]
+    speeds = decode_speeds(checkpoints, rounds=decode_rounds) if measure_decode else [None] * len(runs)
+    for run, ckpt, speed in zip(runs, checkpoints, speeds):
         att = run.config["model"]["attention"]
         figures = _model_figures(run.config)
         h = run.history
         val = h[["step", "val/loss"]].dropna() if "val/loss" in h else pd.DataFrame()
         best = float(val["val/loss"].min()) if len(val) else float(run.result.get("val_loss", math.nan))
         tps = h["train/tokens_per_sec"].dropna() if "train/tokens_per_sec" in h else pd.Series(dtype=float)
-        ckpt = _best_checkpoint(run.path)
-        decode = decode_tokens_per_second(ckpt) if (measure_decode and ckpt is not None) else math.nan
+        decode = speed["median"] if speed else math.nan
+        spread = speed["spread"] if speed else math.nan
         if ckpt is None:
             run.flags.append("no checkpoint: decode speed not measured")
+        elif speed and spread > NOISY_SPREAD:
+            run.flags.append(f"decode speed noisy: rounds spread {spread:.0%} of the median (a busy machine?)")
         wall = run.result.get("wall_time_s")
         if wall is None and "time/elapsed_s" in h:
             wall = float(h["time/elapsed_s"].dropna().max())
@@ -185,7 +211,7 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True) -> None:
             "kv_heads": figures["kv_heads"] if att["type"] != "mla" else "-", "latent_rank": figures["latent"] or "-",
             "parameters": figures["parameters"], "kv_cache_bytes_per_token": figures["kv_bytes"],
             "kv_cache_vs_mha": round(figures["kv_vs_mha"], 4), "train_tokens_per_s": round(float(tps.median()), 1) if len(tps) else math.nan,
-            "decode_tokens_per_s": round(decode, 1), "best_val_loss": round(best, 4), "best_val_ppl": round(math.exp(min(best, 30)), 3),
+            "decode_tokens_per_s": round(decode, 1), "decode_spread": round(spread, 3), "best_val_loss": round(best, 4), "best_val_ppl": round(math.exp(min(best, 30)), 3),
             "wall_time_s": round(float(wall), 1) if wall is not None else math.nan,
         }
     mha = [r for r in runs if r.row["attention"] == "mha"]
@@ -194,12 +220,23 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True) -> None:
         run.row["flags"] = "; ".join(run.flags)
 
 
+def run_colors(runs: list[Run]) -> dict[str, str]:
+    """One colour per run, the same in every plot (matplotlib's tab10 / tab20 cycle, in table order)."""
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(runs) <= 10 else "tab20"]
+    return {str(r.path): matplotlib.colors.to_hex(cmap(i % cmap.N)) for i, r in enumerate(runs)}
+
+
 def write_plots(runs: list[Run], out: Path) -> list[Path]:
+    """Validation loss vs step (1-based, as checkpoint names count: Lightning logs the step before it) and vs wall
+    time, and KV-cache bytes vs best loss with its frontier; a run keeps its colour in all three."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    colors = run_colors(runs)
     paths = []
     for x_key, name, xlabel in (("step", "val_loss_vs_step.png", "optimizer step"),
                                 ("time/elapsed_s", "val_loss_vs_time.png", "training wall time (s)")):
@@ -208,7 +245,8 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
             h = run.history
             if "val/loss" in h and x_key in h:
                 points = h[[x_key, "val/loss"]].dropna()
-                ax.plot(points[x_key], points["val/loss"], marker="o", markersize=3, label=run_label(run.path))
+                x = points[x_key] + 1 if x_key == "step" else points[x_key]
+                ax.plot(x, points["val/loss"], marker="o", markersize=3, label=run_label(run.path), color=colors[str(run.path)])
         ax.set_xlabel(xlabel)
         ax.set_ylabel("validation loss")
         ax.grid(alpha=0.3)
@@ -217,24 +255,25 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         paths.append(out / name)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    points = sorted((r.row["kv_cache_bytes_per_token"], r.row["best_val_loss"], run_label(r.path)) for r in runs)
-    for x, y, label in points:
-        ax.scatter(x, y)
-        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    points = sorted((r.row["kv_cache_bytes_per_token"], r.row["best_val_loss"], run_label(r.path), colors[str(r.path)]) for r in runs)
+    for x, y, label, color in points:
+        ax.scatter(x, y, color=color, label=label, zorder=3)
+        ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points", annotation_clip=False)
     frontier, best = [], math.inf
-    for x, y, _ in points:  # cheapest cache first: a run is on the frontier if it beats every cheaper one
+    for x, y, _, _ in points:  # cheapest cache first: a run is on the frontier if it beats every cheaper one
         if y < best:
             frontier.append((x, y))
             best = y
     ax.plot(*zip(*frontier), linestyle="--", color="gray", label="frontier (no cheaper run is better)")
     ax.set_xscale("log")
+    ax.margins(x=0.25, y=0.15)  # room for the labels of the outermost points
     ax.set_xlabel("KV-cache bytes per token (fp32, all layers)")
     ax.set_ylabel("best validation loss")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "kv_cache_vs_loss.png", dpi=120)
+    fig.savefig(out / "kv_cache_vs_loss.png", dpi=120, bbox_inches="tight")
     plt.close(fig)
     paths.append(out / "kv_cache_vs_loss.png")
     return paths
@@ -250,7 +289,7 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def report(paths: list[str | Path], out: str | Path | None = None, *, measure_decode: bool = True) -> Path:
     run_dirs, swept = find_runs(paths)
-    runs = [load_run(p) for p in run_dirs]
+    runs = order_runs([load_run(p) for p in run_dirs])
     out = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "config.yaml").is_file()
                                  else Path(paths[0]).parent) / "report"
     out.mkdir(parents=True, exist_ok=True)
@@ -262,7 +301,9 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
     lines = [f"# Attention comparison ({len(runs)} runs)", "", "Compared keys: " + (", ".join(swept) or "model.attention.*"), "",
              markdown_table(table), "",
              "- kv_cache_vs_mha: cache bytes relative to an MHA cache of the same width (2 · layers · heads · head_dim · 4 B).",
-             "- decode_tokens_per_s: batch 1, 16-token prompt, 64 new tokens, greedy, KV cache, median of 3 (measured by this report).",
+             "- decode_tokens_per_s: batch 1, 16-token prompt, 64 new tokens, greedy, KV cache; median of 5 rounds interleaved "
+             "across the runs (measured by this report). decode_spread: (max - min) / median of the rounds; above "
+             f"{NOISY_SPREAD:.0%} the run is flagged as noisy.",
              "- quality_vs_mha: ppl(MHA) / ppl(run), from the best validation losses.", ""]
     flagged = [r for r in runs if r.flags]
     lines += ["## Fairness", ""] + ([f"- **{run_label(r.path)}** differs: {'; '.join(r.flags)}" for r in flagged] or

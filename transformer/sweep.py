@@ -101,6 +101,25 @@ def _value_text(value) -> str:
     return "null" if value is None else json.dumps(value) if isinstance(value, (list, dict)) else str(value)
 
 
+def _prepare_data(configs: list) -> None:
+    """Build each distinct data setting's cache once, before any run's clock starts, so the first run's wall
+    time is not inflated by tokenisation. A failure here is left to that run to report."""
+    from .training.config import to_container
+    from .training.tasks import get_task
+
+    seen = set()
+    print("preparing the data once, before the timed runs")
+    for cfg in configs:
+        key = json.dumps([cfg.task, to_container(cfg).get("data"), cfg.init_from, cfg.seed], sort_keys=True, default=str)
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            get_task(cfg.task).prepare_data(cfg)
+        except Exception:  # noqa: BLE001 - the run with this config reports it in its own words
+            pass
+
+
 def run_sweep(plan: SweepPlan, *, out_dir: str | None = None) -> Path:
     """Validate every combination, run the valid ones in order, return the experiment directory."""
     from .errors import describe
@@ -132,14 +151,19 @@ def run_sweep(plan: SweepPlan, *, out_dir: str | None = None) -> Path:
 
     save()
     print(f"sweep {plan.name}: {len(validated)} run(s), {len(skipped)} skipped -> {experiment}")
+    data_cfg = validated[0][2].data  # LM corpora are cached per out_dir: share one cache, outside the experiment
+    cache = [f"data.cache_dir={root / '.cache'}"] if getattr(data_cfg, "cache_dir", False) is None else []
+
+    def run_config(settings, overrides):
+        tags = [f"{k.split('.')[-1]}={v}" for k, v in settings.items()]
+        return load_run_config(plan.base_config, overrides + cache + [
+            f"out_dir={experiment}", f"name={run_label(settings)}", f"logger.wandb.group={plan.name}-{experiment.name[-15:]}",
+            f"logger.wandb.tags={json.dumps(tags)}"])
+
+    _prepare_data([run_config(settings, overrides) for settings, overrides, _ in validated])
     for i, (settings, overrides, _) in enumerate(validated, 1):
         label = run_label(settings)
-        tags = [f"{k.split('.')[-1]}={v}" for k, v in settings.items()]
-        data_cfg = validated[0][2].data  # LM corpora are cached per out_dir: share one cache, outside the experiment
-        cache = [f"data.cache_dir={root / '.cache'}"] if getattr(data_cfg, "cache_dir", False) is None else []
-        cfg = load_run_config(plan.base_config, overrides + cache + [
-            f"out_dir={experiment}", f"name={label}", f"logger.wandb.group={plan.name}-{experiment.name[-15:]}",
-            f"logger.wandb.tags={json.dumps(tags)}"])
+        cfg = run_config(settings, overrides)
         print(f"\n=== sweep run {i}/{len(validated)}: {label} ===")
         record = {"settings": settings, "label": label, "status": "running", "overrides": overrides}
         records.append(record)

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,19 +30,51 @@ def base_overrides(corpus, tmp_path):
                                                         "trainer.limit_val_batches": 2, "sample.max_new_tokens": 0})
 
 
-def test_three_type_sweep_and_report(tmp_path, corpus, capsys):
-    runs = [{"model.attention.type": "mha"}, {"model.attention.type": "gqa", "model.attention.num_kv_heads": 2},
+def _record_plots(monkeypatch):
+    """Every saved figure's series: {file name: {label: (colour, x values)}}, and whether every text fits in it."""
+    from matplotlib.colors import to_hex
+    from matplotlib.figure import Figure
+
+    seen, original = {}, Figure.savefig
+
+    def savefig(fig, path, *args, **kwargs):
+        ax = fig.axes[0]
+        series = {line.get_label(): (to_hex(line.get_color()), list(line.get_xdata())) for line in ax.lines
+                  if not line.get_label().startswith(("_", "frontier"))}
+        series.update({c.get_label(): (to_hex(c.get_facecolor()[0]), list(c.get_offsets()[:, 0])) for c in ax.collections})
+        fig.canvas.draw()
+        box = fig.bbox
+        fits = all(box.x0 <= t.get_window_extent().x0 and t.get_window_extent().x1 <= box.x1 for t in ax.texts)
+        seen[Path(path).name] = (series, fits)
+        return original(fig, path, *args, **kwargs)
+
+    monkeypatch.setattr(Figure, "savefig", savefig)
+    return seen
+
+
+def test_three_type_sweep_and_report(tmp_path, corpus, capsys, monkeypatch):
+    runs = [{"model.attention.type": "gqa", "model.attention.num_kv_heads": 2}, {"model.attention.type": "mha"},
             {"model.attention.type": "mqa"}, {"model.attention.type": "gqa", "model.attention.num_kv_heads": 3}]
     experiment = run_sweep(SweepPlan("tiny", None, base_overrides(corpus, tmp_path), runs,
                                      ["model.attention.num_kv_heads", "model.attention.type"]))
     out = capsys.readouterr().out
     assert "skipping type=gqa_num_kv_heads=3" in out and "not divisible by num_kv_heads=3" in out
+    # the data is tokenised before the first run's clock starts, not inside it
+    assert out.index("tokenising train") < out.index("=== sweep run 1/3") and out.count("tokenising train") == 1
     manifest = json.loads((experiment / "sweep.json").read_text())
     assert [r["status"] for r in manifest["runs"]] == ["skipped", "finished", "finished", "finished"]
 
+    plots = _record_plots(monkeypatch)
     out_dir = report([experiment])
     table = pd.read_csv(out_dir / "report.csv")
-    assert len(table) == 3 and set(table["attention"]) == {"mha", "gqa", "mqa"}
+    assert list(table["attention"]) == ["mha", "gqa", "mqa"]  # MHA first, then the sweep's order
+    assert (table["decode_spread"] >= 0).all()
+    step_series, _ = plots["val_loss_vs_step.png"]
+    assert all(x == [3, 6] for _, x in step_series.values())  # 1-based steps, as in the checkpoint names
+    colours = [{label: colour for label, (colour, _) in plots[name][0].items()}
+               for name in ("val_loss_vs_step.png", "val_loss_vs_time.png", "kv_cache_vs_loss.png")]
+    assert colours[0] == colours[1] == colours[2] and len(set(colours[0].values())) == 3  # one colour per run
+    assert plots["kv_cache_vs_loss.png"][1], "a point label is clipped"
     assert not table.drop(columns=["flags"]).isna().any().any()  # every column filled
     # analytic cache: 2 layers x (k, v) x n_kv x head_dim 8 x 4 bytes
     expected = {"mha": 2 * 2 * 4 * 8 * 4, "gqa": 2 * 2 * 2 * 8 * 4, "mqa": 2 * 2 * 1 * 8 * 4}

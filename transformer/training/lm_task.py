@@ -86,6 +86,11 @@ class LanguageModelTask(Task):
         datamodule.prepare()
         return datamodule
 
+    def prepare_data(self, cfg: RunConfig) -> None:
+        self.resolve_init(cfg, None)
+        self.check_inputs(cfg)
+        self.build_data(cfg, 0)  # the token cache under out_dir/.cache (or data.cache_dir), reused by the runs
+
     def abandon_data(self, data) -> None:
         from ..data.token_store import discard_corpus
 

@@ -67,6 +67,10 @@ class Task:
     def abandon_data(self, data) -> None:
         """The start failed: remove what ``build_data`` wrote (a cache it created), so no file changed."""
 
+    def prepare_data(self, cfg) -> None:
+        """Build what the data keeps on disk (a token cache) without training, so that a sweep's first timed run
+        does not pay for it; a task whose data live in memory has nothing to do."""
+
     def settle_config(self, cfg, data, rank: int) -> None:
         """Fill in config values that the data decides (e.g. ``model.vocab_size``)."""
 
