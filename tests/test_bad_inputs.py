@@ -130,7 +130,10 @@ def _cases() -> list[Case]:
     add("resume-directory", resume("resume_from=emptydir"), r"emptydir is a directory")
     add("resume-auto-no-run", TRAIN + LM + ["name=never", "resume_from=auto"], r"no run named 'never'")
     add("resume-finished", resume("resume_from=auto"), r"already at step 4, and trainer.max_steps=4")
-    add("resume-other-model", resume("resume_from=auto", "trainer.max_steps=8", "model.embed_dim=32"), r"model differs.*model.embed_dim: 16 -> 32")
+    add("resume-other-model", resume("resume_from=auto", "trainer.max_steps=8", "model.embed_dim=32"),
+        r"none of the 1 run\(s\) named 'r' under .* has this config's model: .*r-.* \(model.embed_dim: 16 -> 32\)")
+    add("resume-path-other-model", resume("resume_from={run}/checkpoints/last.ckpt", "trainer.max_steps=8", "model.embed_dim=32"),
+        r"model differs.*model.embed_dim: 16 -> 32")
     add("resume-other-lr", resume("resume_from=auto", "trainer.max_steps=8", "optim.lr=0.5"), r"other optimizer settings \(optim.lr: 0.001 -> 0.5\)")
     add("resume-other-tokenizer", resume("resume_from=auto", "trainer.max_steps=8", "data.path=other.txt"), r"the tokenizer differs")
     add("resume-other-data", resume("resume_from=auto", "trainer.max_steps=8", "data.path=shuffled.txt", "data.tokenizer={run}/tokenizer.json"),
@@ -195,7 +198,8 @@ def _cases() -> list[Case]:
     add("convert-existing-out", CONVERT + ["{lm_ckpt}", "afile", "--to", "mqa"], r"afile exists")
     add("convert-heads-not-dividing", CONVERT + ["{lm_ckpt}", "conv.ckpt", "--to", "gqa", "--num-kv-heads", "3", "--no-eval"], r"not divisible by num_kv_heads=3")
     add("convert-regression", CONVERT + ["{reg_ckpt}", "conv.ckpt", "--to", "mqa", "--no-eval"], r"'regression' checkpoint")
-    add("convert-out-folder-missing", CONVERT + ["{lm_ckpt}", "nodir/conv.ckpt", "--to", "mqa", "--no-eval"], r"folder nodir .* does not exist")
+    add("convert-out-under-a-file", CONVERT + ["{lm_ckpt}", "garbage.ckpt/conv.ckpt", "--to", "mqa", "--no-eval"],
+        r"garbage.ckpt is a file, not a folder: choose another path for conv.ckpt")
     add("sample-missing", SAMPLE + ["nope.ckpt"], r"nope.ckpt does not exist")
     add("sample-garbage", SAMPLE + ["garbage.ckpt"], r"garbage.ckpt is corrupt")
     add("sample-prompt-too-long", SAMPLE + ["export", "--prompt", "x" * 40], r"the prompt is 40 tokens; the model's context is 16")

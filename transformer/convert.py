@@ -32,8 +32,9 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, to: str, num_kv_h
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} exists; choose a new path (nothing is overwritten)")
-    if not out.parent.is_dir():
-        raise FileNotFoundError(f"the folder {out.parent} for {out.name} does not exist; create it first")
+    existing = next((parent for parent in out.parents if parent.exists()), None)
+    if existing is not None and not existing.is_dir():
+        raise NotADirectoryError(f"{existing} is a file, not a folder: choose another path for {out.name}")
     if to not in ("mha", "gqa", "mqa"):
         raise ValueError(f"--to {to!r}: conversion works between mha, gqa and mqa")
     if to == "gqa" and not num_kv_heads:
@@ -62,6 +63,7 @@ def convert_checkpoint(source: str | Path, out: str | Path, *, to: str, num_kv_h
 
         result["before"] = validation_loss(source_model, run_cfg, max_batches=eval_batches)
         result["after"] = validation_loss(model, new_cfg, max_batches=eval_batches)
+    out.parent.mkdir(parents=True, exist_ok=True)  # folders made only once the conversion has succeeded
     atomic_save({K.STATE_DICT: {f"model.{k}": v for k, v in model.state_dict().items()},
                  K.RUN_CONFIG: to_container(new_cfg), K.TOKENIZER: checkpoint.get(K.TOKENIZER),
                  K.CONVERTED_FROM: str(source), K.GLOBAL_STEP: checkpoint.get(K.GLOBAL_STEP, 0)}, out)

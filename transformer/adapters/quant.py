@@ -13,6 +13,11 @@ from torch import Tensor, nn
 
 
 def _nf4():
+    import logging
+
+    # torchao logs a warning per optional CUDA / triton kernel it cannot load: noise on a CPU machine, and NF4
+    # needs none of them.
+    logging.getLogger("torchao").setLevel(logging.ERROR)
     try:
         from torchao.quantization.quantize_.workflows.nf4.nf4_tensor import NF4Tensor, linear_nf4, to_nf4
     except ImportError:

@@ -15,6 +15,9 @@ from .config import DataConfig
 
 _EXTENSIONS = {".txt": "text", ".text": "text", ".md": "text", ".json": "json", ".jsonl": "json",
                ".csv": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# Data files the shipped configs name, with where a user gets them (the error for a missing one says so).
+TINY_SHAKESPEARE_URL = "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt"
+KNOWN_DOWNLOADS = {"tinyshakespeare.txt": TINY_SHAKESPEARE_URL}
 
 
 def python_stdlib_files() -> list[Path]:
@@ -44,7 +47,9 @@ def _resolve_files(spec: str, fmt: str | None = None) -> list[str]:
         elif os.path.isfile(part):
             files.append(part)
         else:
-            raise FileNotFoundError(f"data.path: {part!r} does not exist")
+            hint = KNOWN_DOWNLOADS.get(Path(part).name)
+            raise FileNotFoundError(f"data.path: {part!r} does not exist" + (
+                f"; download it: mkdir -p {Path(part).parent} && curl -L -o {part} {hint}" if hint else ""))
     if not files:
         raise FileNotFoundError(f"data.path={spec!r} matches no files")
     return files

@@ -126,7 +126,7 @@ class ProgressReporter(L.Callback):
             self._window = [0.0, 0, 0]
 
     def on_validation_end(self, trainer, pl_module) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or trainer.state.fn != "fit":  # not the best checkpoint's re-evaluation after fit
             return
         self._mark = time.perf_counter()  # (validation runs after a step's batch end) its time is not training time
         if not trainer.is_global_zero:

@@ -35,9 +35,10 @@ def test_position_split_is_the_tail_and_store_is_uint16(tmp_path):
     corpus = prepare_corpus(files_cfg(tmp_path / "t.txt"), seed=0, cache_root=tmp_path / "cache")
     tok = corpus.tokenizer()
     assert corpus.dtype == "uint16" and corpus.tokens("train").dtype == np.uint16
-    val = tok.decode(corpus.tokens("val").tolist())
-    assert val == text[4500:]  # the last 10% by position (EOS decodes to nothing)
-    assert tok.decode(corpus.tokens("train").tolist()) == text[:4500]
+    val = tok.decode(corpus.tokens("val").tolist(), skip_special_tokens=True)
+    assert val == text[4500:]  # the last 10% by position (and the end-of-text token after it)
+    assert tok.decode(corpus.tokens("val").tolist()) == text[4500:] + "<|endoftext|>"
+    assert tok.decode(corpus.tokens("train").tolist(), skip_special_tokens=True) == text[:4500]
     assert corpus.train_tokens == 4501 and corpus.val_tokens == 501  # + one EOS each
 
 
