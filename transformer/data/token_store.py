@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import socket
 import sys
@@ -123,23 +124,80 @@ def _split(ds, cfg: DataConfig, seed: int):
     return train, val
 
 
+PIECE_CHARS = 1 << 22  # documents longer than this are tokenised in pieces (when that gives the same ids)
+PROGRESS_CHARS = 1 << 24  # splits with more text than this report progress as they go
+_CUT = re.compile(r"(?<=\S)\n(?=\S)")  # a newline between two non-blank characters
+
+
+def splits_safely(tokenizer: Tokenizer) -> bool:
+    """Whether a text tokenised in pieces cut just after a newline between two non-blank characters gets the
+    ids it gets in one go: yes for the char tokenizer (one id per character) and for a byte-level BPE with
+    GPT-2's pre-tokenizer and nothing around it (as trained here): no pre-token spans such a newline, no
+    normaliser sees the whole text, no special tokens are added. (A cut after a newline that follows a blank
+    would not do: GPT-2's pattern joins trailing blanks with the newline only at the end of a text.) Others
+    (SentencePiece-style prefixes, normalisers, ...) are tokenised whole."""
+    if tokenizer.kind == "char":
+        return True
+    config = json.loads(tokenizer.tok.to_str())
+    pre, post = config.get("pre_tokenizer") or {}, config.get("post_processor") or {"type": "ByteLevel"}
+    return (config.get("normalizer") is None and pre.get("type") == "ByteLevel" and pre.get("use_regex", True)
+            and not pre.get("add_prefix_space") and post.get("type") == "ByteLevel")
+
+
+def _pieces(texts: list[str]) -> tuple[list[str], list[bool]]:
+    """Texts cut into pieces of about :data:`PIECE_CHARS` at :data:`_CUT` points; ``last`` marks a document's end."""
+    pieces, last = [], []
+    for text in texts:
+        start = 0
+        while len(text) - start > PIECE_CHARS:
+            found = _CUT.search(text, start + PIECE_CHARS)
+            if found is None:
+                break
+            pieces.append(text[start:found.end()])
+            last.append(False)
+            start = found.end()
+        pieces.append(text[start:])
+        last.append(True)
+    return pieces, last
+
+
 def _write_tokens(ds, tokenizer: Tokenizer, path: Path, dtype: str, num_proc: int) -> int:
-    """Tokenise with ``datasets.map`` (EOS after every document) and stream the ids into a memmap."""
+    """Tokenise with ``datasets.map`` (EOS after every document) and stream the ids into a memmap. Long
+    documents are cut into pieces where that changes no id (:func:`splits_safely`), and a large split is
+    tokenised in stretches with a progress line after each, so one big file does not sit silent."""
+    import datasets
+    import pyarrow.compute as pc
+
     eos = tokenizer.eos_id
 
     def encode(batch):
-        if isinstance(tokenizer, BPETokenizer):
-            ids = tokenizer.encode_batch(batch["text"])
-        else:
-            ids = [tokenizer.encode(t) for t in batch["text"]]
-        ids = [x + [eos] for x in ids]
+        ids = tokenizer.encode_batch(batch["text"])
+        ends = batch["last"] if "last" in batch else [True] * len(ids)
+        ids = [x + [eos] if end else x for x, end in zip(ids, ends)]
         return {"ids": ids, "n": [len(x) for x in ids]}
 
     started = time.perf_counter()
-    print(f"tokenising {path.stem}: {len(ds):,} document(s) ...", end="", flush=True)
-    tokenized = ds.map(encode, batched=True, remove_columns=["text"], num_proc=num_proc if num_proc > 1 else None)
+    lengths = pc.utf8_length(ds.with_format("arrow")["text"]).to_numpy().astype(np.int64)  # (after any filter)
+    chars = int(lengths.sum())
+    table = ds
+    if len(lengths) and lengths.max() > PIECE_CHARS and splits_safely(tokenizer):  # a few huge documents: cut them
+        pieces, last = _pieces(ds["text"])
+        table = datasets.Dataset.from_dict({"text": pieces, "last": last})
+        lengths = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    print(f"tokenising {path.stem}: {len(ds):,} document(s), {chars / 1e6:,.1f} M characters ...", end="", flush=True)
+    stretches = min(len(table), 20) if chars > PROGRESS_CHARS else 1
+    bounds = np.cumsum([0] + [len(a) for a in np.array_split(np.arange(len(table)), stretches)])
+    parts = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        part = table.select(range(start, end)) if stretches > 1 else table
+        parts.append(part.map(encode, batched=True, remove_columns=part.column_names,
+                              num_proc=num_proc if num_proc > 1 and len(part) >= num_proc else None))
+        if stretches > 1:
+            print(f"\ntokenising {path.stem}: {lengths[:end].sum() / chars:.0%} ({time.perf_counter() - started:.0f} s)",
+                  end="", flush=True)
+    tokenized = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
     total = int(np.sum(tokenized["n"]))
-    print(f" {total:,} tokens in {time.perf_counter() - started:.1f} s", flush=True)
+    print(f"{' ...' if stretches > 1 else ''} {total:,} tokens in {time.perf_counter() - started:.1f} s", flush=True)
     limit = np.iinfo(dtype).max
     out = np.memmap(path, dtype=dtype, mode="w+", shape=(max(total, 1),))
     pos = 0

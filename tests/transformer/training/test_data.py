@@ -1,5 +1,6 @@
 """The data pipeline: tokenizers, splits, the memmap token store, samplers, and clear errors."""
 
+import re
 from itertools import islice
 
 import numpy as np
@@ -108,3 +109,38 @@ def test_directory_with_mixed_formats_asks_for_data_format(tmp_path):
         prepare_corpus(files_cfg(tmp_path), seed=0, cache_root=tmp_path / ".cache")
     corpus = prepare_corpus(files_cfg(tmp_path, file_format="text"), seed=0, cache_root=tmp_path / ".cache")
     assert corpus.train_tokens > 0
+
+
+@pytest.mark.parametrize("tokenizer", ["char", "bpe"])
+def test_one_large_file_is_tokenised_in_pieces_with_progress_and_the_same_ids(tmp_path, tokenizer, monkeypatch, capsys):
+    from transformer.data import token_store
+
+    rng = np.random.default_rng(0)
+    words = ["thou", "art", "KING:", "  indented", "o'er", "'tis", "ROMEO.", "\t", "  ", "!?", "love's", "42"]
+    lines = [" ".join(rng.choice(words, rng.integers(1, 9))) for _ in range(3000)]
+    text = "\n".join(lines[i] + ("\n" if i % 7 == 0 else "") for i in range(len(lines)))  # blank lines, odd spacing
+    (tmp_path / "big.txt").write_text(text)
+    cfg = files_cfg(tmp_path / "big.txt", tokenizer=tokenizer, vocab_size=400)
+    whole = prepare_corpus(cfg, seed=0, cache_root=tmp_path / "whole")
+    capsys.readouterr()
+    monkeypatch.setattr(token_store, "PIECE_CHARS", 500)  # cut the one document into ~100 pieces
+    monkeypatch.setattr(token_store, "PROGRESS_CHARS", 1000)
+    pieces = prepare_corpus(cfg, seed=0, cache_root=tmp_path / "pieces")
+    out = capsys.readouterr().out
+    for split in ("train", "val"):
+        assert np.array_equal(whole.tokens(split), pieces.tokens(split))  # cutting changed no id
+    assert len(re.findall(r"^tokenising train: \d+% \(\d+ s\)", out, re.M)) == 20 and "tokenising train: 100%" in out
+    assert token_store.splits_safely(whole.tokenizer())
+
+
+def test_tokenizers_that_might_tokenise_pieces_differently_are_tokenised_whole():
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+
+    from transformer.data.token_store import splits_safely
+
+    tok = Tokenizer(models.WordLevel({"<|endoftext|>": 0, "▁a": 1}, unk_token="<|endoftext|>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()  # a prefix "▁" at the start of every piece
+    assert not splits_safely(BPETokenizer(tok))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.normalizer = normalizers.NFC()  # a normaliser sees the whole text
+    assert not splits_safely(BPETokenizer(tok))
