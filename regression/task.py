@@ -41,7 +41,10 @@ class RegressionResult:
         if self.noise_floor is not None:
             lines.append(f"noise floor (irreducible RMSE of the synthetic data): {self.noise_floor:.4f}; "
                          f"test RMSE / floor = {self.test.get('rmse', self.val['rmse']) / self.noise_floor:.3f}")
+        from transformer.training.run_dir import outputs_summary
+
         lines.append(f"run directory: {self.run_dir}")
+        lines.append(outputs_summary(self.run_dir))
         return "\n".join(lines)
 
     def to_json(self) -> dict:

@@ -26,8 +26,10 @@ class RunResult:
     train_time: float = 0.0
 
     def format(self) -> str:
+        from .run_dir import outputs_summary
+
         return (f"\nrun directory: {self.run_dir}\nfinal validation loss: {self.val_loss:.4f} "
-                f"after {self.steps} steps in {self.wall_time:.1f} s")
+                f"after {self.steps} steps in {self.wall_time:.1f} s\n{outputs_summary(self.run_dir)}")
 
     def to_json(self) -> dict:
         return {"val_loss": self.val_loss, "steps": self.steps, "wall_time_s": self.wall_time,

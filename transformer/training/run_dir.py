@@ -148,3 +148,18 @@ def clean_leftovers(run_dir: Path, *, keep_checkpoints: set[str] | None = None) 
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return sorted(removed)
+
+
+def outputs_summary(run_dir: Path) -> str:
+    """One line naming what a finished run wrote: its checkpoints (best first) and its logs."""
+    run_dir = Path(run_dir)
+    def score(name: str) -> float:  # ModelCheckpoint's names: step<N>-<metric><value>.ckpt, lower is better
+        found = re.search(r"-[a-z]+([0-9.]+)\.ckpt$", name)
+        return float(found.group(1)) if found else float("inf")
+
+    best = sorted((p.name for p in (run_dir / "checkpoints").glob("step*.ckpt")), key=score)
+    saved = ([f"best {best[0]}"] if best else []) + (["last.ckpt"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else [])
+    logs = [name for name, path in (("csv/metrics.csv", "csv/metrics.csv"), ("tensorboard/", "tensorboard"),
+                                    ("wandb/", "wandb")) if (run_dir / path).exists()]
+    parts = ([f"checkpoints/ ({', '.join(saved)})"] if saved else []) + logs + ["config.yaml", "result.json"]
+    return f"outputs in {run_dir}: " + ", ".join(parts)

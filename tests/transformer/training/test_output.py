@@ -48,6 +48,8 @@ def test_log_file_gets_progress_lines_and_no_noise_also_on_resume(tmp_path, toy_
     assert steps == [5, 10, 15, 20], first.stdout[-3000:]
     assert re.search(r"^validation at step 10: val/loss [0-9.]+ \| val/ppl [0-9.]+$", first.stdout, re.M)
     assert re.search(r"^tokenising train: 1 document\(s\), [0-9.]+ M characters \.\.\. [0-9,]+ tokens in", first.stdout, re.M)
+    assert re.search(r"^outputs in .*log-.*: checkpoints/ \(best step0000020-loss[0-9.]+\.ckpt, last\.ckpt\), "
+                     r"csv/metrics\.csv, wandb/, config\.yaml, result\.json$", first.stdout, re.M), first.stdout[-500:]
     _assert_quiet(output)
     resumed = subprocess.run(_train(tmp_path, toy_corpus, "log", "resume_from=auto", **{**values, "trainer.max_steps": 30}),
                              capture_output=True, text=True, cwd=ROOT, env=_env(), timeout=300)
