@@ -52,7 +52,7 @@ def main() -> None:
             for name, argv in COMMANDS.items():
                 times.setdefault((label, name), []).append(once(argv, checkout))
     torch_s = statistics.median(times[("peer", "python -c 'import torch'")])
-    print(f"| checkout | command | median s | vs `import torch` |\n|---|---|---:|---:|")
+    print("| checkout | command | median s | vs `import torch` |\n|---|---|---:|---:|")
     for (label, name), values in times.items():
         median = statistics.median(values)
         if median != median:
