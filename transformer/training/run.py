@@ -16,7 +16,8 @@
 6. ``task.build_module`` and ``task.init_weights`` (``init_from``);
 7. the run directory is created (atomically) and locked, leftovers of killed processes are removed,
    the trainer is built, the run files are written (never overwriting the original run's);
-8. ``task.fit``, then ``task.result`` -> ``result.json``.
+8. ``task.fit``, then ``task.result`` -> ``result.json``; ``status.json`` says ``running`` from the start of
+   ``fit`` and then ``finished``, ``interrupted`` or ``failed`` (``run_status.py``; ``python -m transformer.runs``).
 
 A failure before ``fit`` removes a run directory this call created, so a failed start leaves nothing
 behind. A task (:class:`Task`) only supplies the pieces; registration is in ``tasks.py``.
@@ -34,11 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from . import checkpoint_keys as K
-from .quiet import silence_known_noise
-from .run_status import write_status
 from .config import ConfigError, flat_dict, to_container, to_yaml
+from .quiet import silence_known_noise
 from .run_dir import (RUN_DIR_ENV, RunLock, clean_leftovers, is_last_checkpoint_of_its_run, make_new_dir,
                       resolve_run_dir)
+from .run_status import write_status
 
 # Optimizer hyper-parameters that the restored optimizer state carries: a new value would be ignored.
 OPTIMIZER_STATE_KEYS = ("lr", "beta1", "beta2", "eps", "weight_decay")
