@@ -86,7 +86,7 @@ class ProgressReporter(L.Callback):
     @staticmethod
     def validation_line(trainer) -> str | None:
         shown = [(k, _metric(v)) for k, v in sorted(trainer.callback_metrics.items()) if k.startswith(("val/", "validation/"))]
-        shown = [f"{k} {v:.4g}" for k, v in shown if v is not None and k != "val/tokens"]
+        shown = [f"{k} {v:#.4g}" for k, v in shown if v is not None and k != "val/tokens"]
         return f"validation at step {trainer.global_step}: " + " | ".join(shown) if shown else None
 
     # ------------------------------------------------------------------ hooks
