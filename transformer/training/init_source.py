@@ -17,6 +17,7 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from . import checkpoint_keys as K
+from .config import flat_dict
 
 # model.* keys a run may set differently from its init_from model, and why each is safe:
 CHANGEABLE = {
@@ -39,16 +40,6 @@ CHANGEABLE = {
     "bos_token_id": "token ids, not weights",
     "eos_token_id": "token ids, not weights",
 }
-
-
-def flatten(data: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in data.items():
-        if isinstance(value, dict):
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def source_model_config(source: str | Path) -> ModelConfig | None:
@@ -94,8 +85,8 @@ def adopt_model_config(source: ModelConfig, run: ModelConfig, explicit: set[str]
     ``explicit``: the ``model.*`` keys the user set (``training.config.explicit_keys``). Raises
     ``ValueError`` naming the first key that contradicts the source.
     """
-    theirs = flatten(source.to_dict())
-    ours = flatten(run.to_dict())
+    theirs = flat_dict(source.to_dict())
+    ours = flat_dict(run.to_dict())
     explicit = {k for k in explicit if k in ours}  # ("" — a whole "model:" mapping — counts by its leaves)
     changes, contradictions = {}, []
     for key in sorted(explicit):

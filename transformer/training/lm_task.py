@@ -239,10 +239,9 @@ def _adopt_init_source(cfg: RunConfig) -> list[str]:
         return []
     explicit = explicit_keys(cfg, "model")
     if explicit is None:  # a config built in Python, not by load_config: what differs from the schema's default is set
-        from .init_source import flatten
 
-        default = flatten(RunConfig.__dataclass_fields__["model"].default_factory().to_dict())
-        explicit = {k for k, v in flatten(cfg.model.to_dict()).items() if default.get(k) != v}
+        default = flat_dict(RunConfig.__dataclass_fields__["model"].default_factory().to_dict())
+        explicit = {k for k, v in flat_dict(cfg.model.to_dict()).items() if default.get(k) != v}
     cfg.model, taken, applied = adopt_model_config(source, cfg.model, explicit)
     notes = [f"init_from {cfg.init_from}: the model is built from its architecture"]
     if taken:
@@ -267,7 +266,7 @@ def _continue_settings(cfg: RunConfig, resume: Resume) -> None:
     from ..adapters.config import FinetuneConfig
     from ..config import ModelConfig
     from ..data.config import DataConfig
-    from .init_source import flatten, nest
+    from .init_source import nest
 
     saved = resume.run_config
     saved_init = saved.get("init_from")
@@ -280,8 +279,8 @@ def _continue_settings(cfg: RunConfig, resume: Resume) -> None:
         set_keys = explicit_keys(cfg, section)
         if set_keys is None or section not in saved:
             continue
-        current = flatten(to_container(cfg)[section])
-        for key, value in flatten(saved[section]).items():
+        current = flat_dict(to_container(cfg)[section])
+        for key, value in flat_dict(saved[section]).items():
             if key in current and key not in set_keys:
                 current[key] = value
         setattr(cfg, section, build(nest(current)))

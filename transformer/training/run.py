@@ -242,7 +242,6 @@ def _run_differences(cfg, run_dir: Path) -> list[str]:
     """``key: run's -> config's`` for the task, ``init_from`` and each ``model.*`` key the config sets (every
     model key when the config's explicit keys are unknown), against the run's ``config.yaml``."""
     from .config import explicit_keys
-    from .init_source import flatten
 
     try:
         import yaml
@@ -258,7 +257,7 @@ def _run_differences(cfg, run_dir: Path) -> list[str]:
         diffs.append(f"task: {saved.get('task', 'lm')!r} -> {cfg.task!r}")
     if cfg.init_from and saved.get("init_from") and Path(saved["init_from"]).resolve() != Path(cfg.init_from).resolve():
         diffs.append(f"init_from: {saved['init_from']!r} -> {cfg.init_from!r}")
-    ours, theirs = flatten(current.get("model") or {}), flatten(saved.get("model") or {})
+    ours, theirs = flat_dict(current.get("model") or {}), flat_dict(saved.get("model") or {})
     keys = explicit_keys(cfg, "model")
     for key in sorted(ours):
         chosen = keys is None or "" in keys or any(key == k or key.startswith(k + ".") for k in keys)
