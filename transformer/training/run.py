@@ -229,8 +229,9 @@ def auto_resume_run(cfg) -> Path:
         diffs = _run_differences(cfg, run_dir)
         if not diffs:
             if len(runs) > 1:
-                print(f"resume_from=auto: {run_dir} (the newest of {len(runs)} runs named {cfg.name!r} whose model matches "
-                      f"the config{'; passed over: ' + ', '.join(str(r) for r, _ in rejected) if rejected else ''})")
+                passed = f" (passed over, another model: {', '.join(str(r) for r, _ in rejected)})" if rejected else ""
+                print(f"resume_from=auto: {run_dir}, the newest of the {len(runs)} runs named {cfg.name!r} whose model "
+                      f"matches the config{passed}")
             return run_dir
         rejected.append((run_dir, diffs))
     listed = "; ".join(f"{run_dir} ({', '.join(diffs[:3])}{', ...' if len(diffs) > 3 else ''})" for run_dir, diffs in rejected)

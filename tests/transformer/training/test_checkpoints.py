@@ -60,7 +60,7 @@ def test_resume_auto_picks_the_newest_run_whose_model_matches(tmp_path, toy_corp
     more = {**short, "trainer.max_steps": 6}
     assert run(_cfg(toy_corpus, tmp_path, name="same", resume_from="auto", **more,
                     **{"model.attention.type": "mha"})).run_dir == mha.run_dir
-    assert f"passed over: {gqa.run_dir}" in capsys.readouterr().out
+    assert f"passed over, another model: {gqa.run_dir}" in capsys.readouterr().out
     assert run(_cfg(toy_corpus, tmp_path, name="same", resume_from="auto", **more, **gqa_keys)).run_dir == gqa.run_dir
     with pytest.raises(ValueError, match=r"none of the 2 run\(s\) named 'same' .* has this config's model: "
                                          r".*same-.*model\.attention\.type: 'gqa' -> 'mqa'.*same-.*'mha' -> 'mqa'"):
