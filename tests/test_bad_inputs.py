@@ -36,6 +36,7 @@ REG = ["--config", str(ROOT / "configs/regression/csv_tabular.yaml"), "out_dir=r
 TRAIN = [PY, str(ROOT / "train.py")]
 EXPORT, CONVERT, SAMPLE = ([PY, "-m", f"transformer.{m}"] for m in ("export", "convert", "sample"))
 COMPARE, PREDICT = [PY, "-m", "transformer.compare"], [PY, "-m", "regression.predict"]
+RUNS = [PY, "-m", "transformer.runs"]
 
 
 @dataclass
@@ -219,6 +220,8 @@ def _cases() -> list[Case]:
     add("compare-damaged-metrics", COMPARE + ["damaged_run", "--no-decode"], r"damaged_run/csv/metrics.csv is damaged")
     add("compare-missing", COMPARE + ["nope_dir", "--no-decode"], r"nope_dir does not exist")
     add("compare-no-runs", COMPARE + ["emptydir", "--no-decode"], r"no run")
+    add("runs-missing-dir", RUNS + ["nowhere"], r"nowhere is not a directory \(the out_dir of your runs")
+    add("predict-synthetic-not-synthetic", PREDICT + ["{reg_ckpt}", "--synthetic", "p.csv"], r"--synthetic: .* was trained on data.source=files")
     return c
 
 
