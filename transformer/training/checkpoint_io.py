@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import random
+import struct
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -78,11 +79,22 @@ def read_checkpoint(path, *, map_location="cpu") -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {path} does not exist")
     if path.stat().st_size == 0:
         raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
+    size = path.stat().st_size
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=False)
-    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError) as err:
+    except MemoryError:
+        if size >= 1 << 30:  # a big checkpoint may really need more memory than this machine has
+            raise
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated (reading its {size:,} bytes asked for more "
+                              f"memory than the machine has)") from None
+    except (RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, ValueError, OSError,
+            # what arbitrary bytes make the unpickler raise
+            KeyError, IndexError, TypeError, AttributeError, OverflowError, struct.error) as err:
         detail = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(err).__name__}: {detail[:160]})") from None
+    except ModuleNotFoundError as err:
+        raise CheckpointError(f"checkpoint {path} is corrupt, or was written with code that is not installed here "
+                              f"({err})") from None
     if not isinstance(checkpoint, dict) or K.STATE_DICT not in checkpoint:
         kind = type(checkpoint).__name__
         raise CheckpointError(f"{path} is not a training checkpoint of this toolkit (a {kind} without 'state_dict')")

@@ -67,6 +67,17 @@ def test_resume_auto_picks_the_newest_run_whose_model_matches(tmp_path, toy_corp
         run(_cfg(toy_corpus, tmp_path, name="same", resume_from="auto", **more, **{"model.attention.type": "mqa"}))
 
 
+def test_any_garbage_file_is_a_one_line_checkpoint_error(tmp_path):
+    """Random bytes make the unpickler raise almost anything (MemoryError for an absurd length, KeyError,
+    struct.error, ...): every one is reported as a corrupt checkpoint, never as a crash or 'out of memory'."""
+    path = tmp_path / "garbage.ckpt"
+    rng = random.Random(0)
+    for _ in range(500):
+        path.write_bytes(bytes(rng.getrandbits(8) for _ in range(rng.randint(1, 600))))
+        with pytest.raises(CheckpointError, match=r"garbage.ckpt is corrupt"):
+            read_checkpoint(path)
+
+
 def test_resume_refuses_a_different_model_and_bad_files(tmp_path, toy_corpus):
     done = run(_cfg(toy_corpus, tmp_path, name="r", **{"trainer.max_steps": 4, "trainer.val_check_interval": 2}))
     ckpt = done.run_dir / "checkpoints" / "last.ckpt"
