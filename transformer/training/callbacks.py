@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import threading
 from pathlib import Path
 
 import lightning as L
@@ -15,15 +17,52 @@ from .config import SampleConfig
 class SaveOnInterrupt(L.Callback):
     """SIGTERM (schedulers, SLURM preemption) or Ctrl-C: write ``last.ckpt`` at the step reached, atomically,
     so ``resume_from=auto`` continues from there. Lightning turns SIGTERM into an exception at the end of
-    the current batch and calls ``on_exception`` on every rank (saving is collective under DDP/FSDP)."""
+    the current batch and calls ``on_exception`` on every rank (saving is collective under DDP/FSDP).
+
+    Ctrl-C is treated the same way: during training the first one only asks the run to stop at the end of the
+    current batch, so it never lands inside a checkpoint being written (torch's zip writer would turn it into
+    a ``RuntimeError`` about a stream position, and the run would end as a failure); a second Ctrl-C
+    interrupts at once."""
 
     def __init__(self, checkpoint_dir: Path) -> None:
         self.path = Path(checkpoint_dir) / "last.ckpt"
         self.saved_at: int | None = None
+        self._stop_requested = False
+        self._previous_handler = None
 
+    # ---------------------------------------------------------------- Ctrl-C at a safe point
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous_handler = signal.signal(signal.SIGINT, self._request_stop)
+
+    def _request_stop(self, signum, frame) -> None:
+        self._stop_requested = True
+        signal.signal(signal.SIGINT, self._previous_handler or signal.default_int_handler)  # the next one: at once
+
+    def _stop_if_requested(self) -> None:
+        if self._stop_requested:
+            self._stop_requested = False
+            raise KeyboardInterrupt
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._stop_if_requested()
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._stop_if_requested()
+
+    def _restore_handler(self) -> None:
+        if self._previous_handler is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, self._previous_handler)
+            self._previous_handler = None
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._restore_handler()  # training is done: a Ctrl-C from here on interrupts at once
+
+    # ---------------------------------------------------------------- saving
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
         from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+        self._restore_handler()
         if not isinstance(exception, (SIGTERMException, KeyboardInterrupt)) or trainer.global_step == 0:
             return
         trainer.save_checkpoint(self.path, weights_only=False)
