@@ -3,12 +3,15 @@ noise, no escape codes; Ctrl-C exits 130 after saving; ``python -m transformer.r
 
 import json
 import os
+import random
 import re
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from transformer.runs import describe_run, find_run_dirs, main as runs_main
 
@@ -110,3 +113,20 @@ def test_ctrl_c_saves_and_exits_130_and_runs_lists_every_status(tmp_path, toy_co
     assert re.search(r"^failed .*failed-.*: non-finite training loss", table, re.M)
     assert runs_main([str(tmp_path), "--json"]) == 0
     assert {r["status"] for r in json.loads(capsys.readouterr().out)} == {"interrupted", "killed", "failed", "finished"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_at_random_moments_never_lands_inside_a_checkpoint_write(tmp_path, toy_corpus):
+    """A checkpoint every step, Ctrl-C at a random moment: always a clean interrupt (exit 130), never the
+    RuntimeError torch's zip writer raises when the interrupt lands inside it."""
+    rng = random.Random(0)
+    for i in range(6):
+        name = f"race{i}"
+        proc = subprocess.Popen(_train(tmp_path, toy_corpus, name, **{"trainer.max_steps": 100000, "trainer.val_check_interval": 1,
+                                                                      "trainer.limit_val_batches": 1}),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT, env=_env())
+        _wait_for(f"{name}-*/checkpoints/last.ckpt", tmp_path, proc)
+        time.sleep(rng.uniform(0.0, 1.0))
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=120)
+        assert proc.returncode == 130 and "interrupt: saved" in out, out[-2000:]
