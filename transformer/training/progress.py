@@ -50,8 +50,10 @@ def _metric(value) -> float | None:
 class ProgressReporter(L.Callback):
     """The run's progress display (see the module docstring). ``tty`` defaults to ``sys.stdout.isatty()``."""
 
-    def __init__(self, every: int, *, tty: bool | None = None) -> None:
+    def __init__(self, every: int, *, refresh_every: int = 1, tty: bool | None = None) -> None:
         self.every = every
+        self.refresh_every = refresh_every  # the bar's numbers change only on logging steps: reading them (a device
+        # sync for a GPU tensor) on every step would slow the training loop
         self.tty = sys.stdout.isatty() if tty is None else tty
         self._bar = self._task = None
         self._start_time = 0.0
@@ -118,9 +120,11 @@ class ProgressReporter(L.Callback):
         self._mark = now
         step = trainer.global_step
         if self._bar is not None:
-            self._bar.update(self._task, completed=step, info=" | ".join(self.train_fields(trainer)))
-            if self._window[0] > 5:
+            if step % self.refresh_every == 0 or step == trainer.max_steps:
+                self._bar.update(self._task, completed=step, info=" | ".join(self.train_fields(trainer)))
                 self._window = [0.0, 0, 0]
+            else:
+                self._bar.update(self._task, completed=step)
         elif step % self.every == 0 or step == trainer.max_steps:
             print(self.line(trainer), flush=True)
             self._window = [0.0, 0, 0]

@@ -162,7 +162,8 @@ def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = ()
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
     if t.progress_bar:
-        callbacks.append(ProgressReporter(progress_interval(t.max_steps, t.log_every_n_steps, t.progress_every_n_steps)))
+        callbacks.append(ProgressReporter(progress_interval(t.max_steps, t.log_every_n_steps, t.progress_every_n_steps),
+                                          refresh_every=t.log_every_n_steps))
     return L.Trainer(
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=build_strategy(cfg),
         precision=t.precision, max_steps=t.max_steps,

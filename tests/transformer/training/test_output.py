@@ -130,3 +130,29 @@ def test_ctrl_c_at_random_moments_never_lands_inside_a_checkpoint_write(tmp_path
         proc.send_signal(signal.SIGINT)
         out, _ = proc.communicate(timeout=120)
         assert proc.returncode == 130 and "interrupt: saved" in out, out[-2000:]
+
+
+def test_terminal_bar_counts_steps_and_prints_validation_lines(tmp_path, toy_corpus, monkeypatch, capsys):
+    """On a terminal: the rich bar (no plain step lines), counting optimizer steps, and the validation lines."""
+    from transformer.cli import run
+    from transformer.training.config import load_config
+    from transformer.training.progress import ProgressReporter
+
+    bars = []
+    original = ProgressReporter.on_train_start
+
+    def on_train_start(self, trainer, pl_module):
+        self.tty = True
+        original(self, trainer, pl_module)
+        bars.append(self)
+
+    monkeypatch.setattr(ProgressReporter, "on_train_start", on_train_start)
+    overrides = tiny_overrides(toy_corpus, tmp_path, name="tty", **{"trainer.progress_bar": "true", "trainer.max_steps": 12,
+                                                                   "trainer.val_check_interval": 6, "sample.max_new_tokens": 0})
+    run(load_config(None, overrides))
+    out = capsys.readouterr().out
+    (reporter,) = bars
+    assert reporter._bar is None  # stopped at the end of training
+    assert "validation at step 6: val/loss" in out and "validation at step 12" in out
+    assert not re.search(r"^step \d+/12 \(", out, re.M)  # no plain lines while a bar is shown
+    assert re.search(r"step\s+12/12", out)  # rich renders the final state of the bar
