@@ -13,7 +13,7 @@ from pathlib import Path
 
 from transformer.training import checkpoint_keys as K
 from transformer.training.config import flat_dict, to_container
-from transformer.training.run import Resume, Task
+from transformer.training.run import Resume, Task, warn
 
 from .config import RegressionRunConfig
 
@@ -50,6 +50,9 @@ class RegressionResult:
     def to_json(self) -> dict:
         return {"val": self.val, "test": self.test, "baseline_val": self.baseline_val, "baseline_test": self.baseline_test,
                 "noise_floor": self.noise_floor, "steps": self.steps, "wall_time_s": self.wall_time, "finished": True}
+
+
+SMALL_DATA_RATIO = 100  # parameters per training example above which a run is warned that it will overfit
 
 
 class RegressionTask(Task):
@@ -103,7 +106,12 @@ class RegressionTask(Task):
 
     def describe(self, cfg: RegressionRunConfig, data, module) -> str:
         test = len(data.test) if data.test is not None else 0
-        return (f"model: {sum(p.numel() for p in module.model.parameters()):,} parameters, attention "
+        parameters = sum(p.numel() for p in module.model.parameters())
+        if parameters > SMALL_DATA_RATIO * len(data.train):
+            warn(f"{len(data.train):,} training examples for {parameters:,} parameters ({parameters / len(data.train):,.0f} "
+                 f"per example): expect overfitting. Validate often with trainer.early_stopping_patience set (the best "
+                 f"checkpoint is kept), or use a smaller model (model.embed_dim, model.num_layers)")
+        return (f"model: {parameters:,} parameters, attention "
                 f"{cfg.model.attention.type}; data: {len(data.train):,} train / {len(data.val):,} val / {test:,} test examples")
 
     def fit(self, cfg: RegressionRunConfig, trainer, module, data, ckpt_path: str | None) -> None:

@@ -1,6 +1,7 @@
 """Regression runs end to end: training, metrics, checkpoints, predict, and the embedded default's quality."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -113,3 +114,30 @@ def test_regression_module_honours_compile_and_the_moe_aux_loss():
     compiled = RegressionModule(model, pre, HeadConfig(), OptimConfig(), max_steps=2, compile=True)
     compiled.configure_model()
     assert type(compiled.model).__name__ == "OptimizedModule"
+
+
+def test_early_stopping_stops_keeps_the_best_and_counts_across_a_resume(tmp_path, capsys):
+    """A learning rate too small to improve val/rmse by min_delta: checks at steps 2 (the best), 4, 6 -> stop at 6.
+    Split 4 + resume gives the same stop: the patience counter is in the checkpoint."""
+    stall = ["optim.lr=1e-9", "optim.min_lr=1e-10", "optim.warmup_steps=1", "trainer.val_check_interval=2",
+             "trainer.early_stopping_patience=2", "trainer.early_stopping_min_delta=0.01", "checkpoint.save_top_k=1"]
+    straight = run(quick(tmp_path / "a", *stall, "trainer.max_steps=100", "name=es"))
+    assert straight.steps == 6
+    out = capsys.readouterr().out
+    assert "early stopping at step 6: val/rmse has not improved by more than 0.01 for 2 validation check(s)" in out
+    (best,) = (straight.run_dir / "checkpoints").glob("step*.ckpt")
+    logged = pd.read_csv(straight.run_dir / "csv" / "metrics.csv")["val/rmse"].dropna()
+    assert len(logged) == 3 + 1 and f"rmse{logged.min():.4f}" in best.name  # 3 checks + the best one re-evaluated
+    first = run(quick(tmp_path / "b", *stall, "trainer.max_steps=4", "name=es"))
+    assert first.steps == 4
+    resumed = run(quick(tmp_path / "b", *stall, "trainer.max_steps=100", "name=es", "resume_from=auto"))
+    assert resumed.steps == 6 and resumed.run_dir == first.run_dir
+    assert abs(resumed.test["rmse"] - straight.test["rmse"]) < 1e-5  # (checks differ by ~1e-7 at this learning rate)
+
+
+def test_a_training_split_small_for_the_model_is_warned_about(tmp_path, capsys):
+    run(quick(tmp_path, "data.synthetic_series=1", "data.synthetic_length=150", "trainer.max_steps=2",
+              "trainer.val_check_interval=2"))
+    err = capsys.readouterr().err
+    assert re.search(r"warning: [0-9]+ training examples for [0-9,]+ parameters \([0-9,]+ per example\): expect "
+                     r"overfitting. .*trainer.early_stopping_patience", err), err[-1000:]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.utilities import rank_zero_only
 
 from ..generation import generate
@@ -70,6 +71,28 @@ class SaveOnInterrupt(L.Callback):
         if trainer.is_global_zero:
             what = "SIGTERM" if isinstance(exception, SIGTERMException) else "interrupt"
             print(f"\n{what}: saved {self.path} at step {trainer.global_step}; continue with resume_from=auto", flush=True)
+
+
+class StopWhenNotImproving(EarlyStopping):
+    """Lightning's ``EarlyStopping`` on the validation checks (not epoch ends: runs count steps), lower is better,
+    saying once why the run stopped. Its counter is in the checkpoint, so a resumed run keeps counting."""
+
+    def __init__(self, *, monitor: str, patience: int, min_delta: float) -> None:
+        super().__init__(monitor=monitor, patience=patience, min_delta=min_delta, mode="min", check_on_train_epoch_end=False,
+                         verbose=False)
+        self.required_gain = min_delta  # (Lightning stores min_delta negated for mode="min")
+        self.stopped_at: int | None = None
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        if trainer.state.fn != "fit" or trainer.sanity_checking:  # not the best checkpoint's re-evaluation
+            return
+        super().on_validation_end(trainer, pl_module)
+        if trainer.should_stop and self.stopped_at is None:
+            self.stopped_at = trainer.global_step
+            if trainer.is_global_zero:
+                print(f"early stopping at step {trainer.global_step}: {self.monitor} has not improved by more than "
+                      f"{self.required_gain:g} for {self.patience} validation check(s) (best {float(self.best_score):.4f})",
+                      flush=True)
 
 
 class TextSampleCallback(L.Callback):

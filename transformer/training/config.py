@@ -102,6 +102,12 @@ class TrainerConfig:
     progress_every_n_steps: int | None = None
     """Steps between plain progress lines (``None``: about 50 per run); rounded up to a multiple of
     ``log_every_n_steps``."""
+    early_stopping_patience: int | None = None
+    """Stop when the monitored validation metric (``val/loss``; regression: ``val/rmse``) has not improved by
+    ``early_stopping_min_delta`` for this many validation checks in a row; the best checkpoint is kept and
+    used for the final metrics. ``None``: train for ``max_steps``."""
+    early_stopping_min_delta: float = 0.0
+    """The improvement that counts for early stopping, in the metric's units."""
 
     def __post_init__(self) -> None:
         self.precision = str(self.precision)
@@ -110,7 +116,8 @@ class TrainerConfig:
         choice("trainer.accelerator", self.accelerator, ACCELERATORS)
         self.devices = parse_devices(self.devices)
         positive_fields("trainer", self, ("num_nodes", "max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches"))
-        positive_fields("trainer", self, ("limit_val_batches", "progress_every_n_steps"), optional=True)
+        positive_fields("trainer", self, ("limit_val_batches", "progress_every_n_steps", "early_stopping_patience"), optional=True)
+        in_range("trainer.early_stopping_min_delta", self.early_stopping_min_delta, 0.0)
         if self.peak_flops is not None:
             in_range("trainer.peak_flops", self.peak_flops, 0.0, low_open=True)
 

@@ -10,7 +10,7 @@ import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from ..layers import TransformerBlock
-from .callbacks import SaveOnInterrupt
+from .callbacks import SaveOnInterrupt, StopWhenNotImproving
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .checkpoint_io import atomic_save, atomic_write_text, read_checkpoint
@@ -158,6 +158,9 @@ def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = ()
         SaveOnInterrupt(run_dir / "checkpoints"),
         *callbacks,
     ]
+    if t.early_stopping_patience is not None:
+        callbacks.append(StopWhenNotImproving(monitor=monitor, patience=t.early_stopping_patience,
+                                              min_delta=t.early_stopping_min_delta))
     loggers = build_loggers(cfg, run_dir, resume_step=resume_step)
     if loggers:
         callbacks.append(LearningRateMonitor(logging_interval="step"))
