@@ -56,6 +56,9 @@ class RegressionDataConfig:
     """``sequence``: how many consecutive future values of each target to predict (forecasting)."""
     stride: int = 1
     """``sequence``: step between consecutive windows."""
+    season_period: int | None = None
+    """``sequence``: the season length (in rows) of the seasonal-naive baselines; ``None``: the lag of the training
+    targets' highest autocorrelation peak up to ``window`` (no peak reaching 0.3: those baselines are skipped)."""
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     """Held-out shares: the last ones in time within each series (``sequence``) or a seeded random share of rows (``tabular``)."""
@@ -95,6 +98,8 @@ class RegressionDataConfig:
         in_range("data.num_workers", self.num_workers, 0)
         in_range("data.synthetic_noise", self.synthetic_noise, 0.0)
         positive_fields("data", self, ("window", "horizon_steps", "stride", "batch_size", "synthetic_series", "synthetic_length"))
+        if self.season_period is not None:
+            in_range("data.season_period", self.season_period, 2)
         if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} must leave a training share")
 

@@ -324,6 +324,11 @@ def build_data(cfg: RegressionDataConfig, seed: int) -> RegressionData:
         for split in parts.values():
             for i, p in enumerate(split):
                 split[i] = p[~p[_columns(cfg)[2]].isna().any(axis=1)]
+    if cfg.kind == "sequence" and cfg.season_period is not None:
+        longest = max((len(p) for p in parts["train"]), default=0)
+        if cfg.season_period >= longest:
+            raise ValueError(f"data.season_period={cfg.season_period} is longer than the training part of every series "
+                             f"(the longest has {longest} rows); give a shorter period, or leave it out to detect one")
     pre = fit_preprocessing(pd.concat(parts["train"]), cfg)
     datasets: dict[str, Dataset | None] = {}
     for name, segments in parts.items():

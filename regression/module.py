@@ -139,23 +139,3 @@ class RegressionModule(TrainingModule):
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         checkpoint[K.PREPROCESSING] = self.pre.to_dict()
-
-
-def linear_baseline(train, evaluate, pre: Preprocessing, horizon_steps: int) -> dict[str, float]:
-    """Least squares (with intercept) on the flattened scaled inputs of each example; metrics in original units."""
-
-    def design(ds):
-        xs, ys = [], []
-        for i in range(len(ds)):
-            x, cats, y = ds[i]
-            onehot = [F.one_hot(cats[..., j], card).float().reshape(-1) for j, card in enumerate(pre.cardinalities)]
-            xs.append(torch.cat([x.reshape(-1), *onehot, torch.ones(1)]).double())
-            ys.append(y.double())
-        return torch.stack(xs), torch.stack(ys)
-
-    a, b = design(train)
-    solution = torch.linalg.lstsq(a, b, driver="gelsd").solution
-    a_eval, b_eval = design(evaluate)
-    T = len(pre.targets)
-    inverse = lambda t: pre.target_scaler.inverse(t.reshape(-1, horizon_steps, T).numpy())
-    return metrics_numpy(inverse(a_eval @ solution), inverse(b_eval))

@@ -23,21 +23,33 @@ class RegressionResult:
     run_dir: Path
     val: dict[str, float]
     test: dict[str, float]
-    baseline_val: dict[str, float]
-    baseline_test: dict[str, float]
+    baselines: dict[str, dict[str, dict[str, float]]]  # name -> split ("val" / "test") -> metrics
     noise_floor: float | None
     steps: int
     wall_time: float
     attention: str = ""
+    notes: list[str] = field(default_factory=list)  # what the baselines detected or skipped
     extra: dict = field(default_factory=dict)
 
+    def best_baseline(self, split: str) -> tuple[str, float] | None:
+        scored = [(name, by_split[split]["rmse"]) for name, by_split in self.baselines.items() if split in by_split]
+        return min(scored, key=lambda item: item[1]) if scored else None
+
     def format(self) -> str:
-        lines = [f"\nbest checkpoint by validation RMSE; metrics in original units ({self.attention})",
-                 "| split | model | RMSE | MAE | R² |", "|---|---|---:|---:|---:|"]
-        for split, ours, base in (("validation", self.val, self.baseline_val), ("test", self.test, self.baseline_test)):
-            if ours:
-                lines.append(f"| {split} | transformer | {ours['rmse']:.4f} | {ours['mae']:.4f} | {ours['r2']:.4f} |")
-                lines.append(f"| {split} | linear least squares | {base['rmse']:.4f} | {base['mae']:.4f} | {base['r2']:.4f} |")
+        lines = [f"\nbest checkpoint by validation RMSE; metrics in original units ({self.attention}); baselines fitted "
+                 f"on the training split, scored on the same examples",
+                 "| split | model | RMSE | MAE | R² | RMSE / best baseline |", "|---|---|---:|---:|---:|---:|"]
+        for split, label, ours in (("val", "validation", self.val), ("test", "test", self.test)):
+            if not ours:
+                continue
+            best = self.best_baseline(split)
+            ratio = f"{ours['rmse'] / best[1]:.3f}" if best and best[1] > 0 else ""
+            lines.append(f"| {label} | transformer | {ours['rmse']:.4f} | {ours['mae']:.4f} | {ours['r2']:.4f} | {ratio} |")
+            for name, by_split in self.baselines.items():
+                if split in by_split:
+                    m = by_split[split]
+                    lines.append(f"| {label} | {name} | {m['rmse']:.4f} | {m['mae']:.4f} | {m['r2']:.4f} | |")
+        lines += [f"baselines: {note}" for note in self.notes]
         if self.noise_floor is not None:
             lines.append(f"noise floor (irreducible RMSE of the synthetic data): {self.noise_floor:.4f}; "
                          f"test RMSE / floor = {self.test.get('rmse', self.val['rmse']) / self.noise_floor:.3f}")
@@ -48,7 +60,9 @@ class RegressionResult:
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        return {"val": self.val, "test": self.test, "baseline_val": self.baseline_val, "baseline_test": self.baseline_test,
+        best = {split: self.best_baseline(split) for split in ("val", "test")}
+        return {"val": self.val, "test": self.test, "baselines": self.baselines, "baseline_notes": self.notes,
+                "best_baseline": {k: {"name": v[0], "rmse": v[1]} for k, v in best.items() if v},
                 "noise_floor": self.noise_floor, "steps": self.steps, "wall_time_s": self.wall_time, "finished": True}
 
 
@@ -120,7 +134,7 @@ class RegressionTask(Task):
         trainer.fit(module, train, val, ckpt_path=ckpt_path)
 
     def result(self, cfg: RegressionRunConfig, trainer, module, data, run_dir: Path, seconds: float) -> RegressionResult | None:
-        from .module import linear_baseline
+        from .baselines import baselines
 
         _, val, test = self._loaders
         best = trainer.checkpoint_callback.best_model_path or None
@@ -128,13 +142,16 @@ class RegressionTask(Task):
         test_metrics = trainer.test(module, test, ckpt_path=best, verbose=False)[0] if test is not None else {}
         if not trainer.is_global_zero:
             return None
-        pre, horizon = data.pre, cfg.data.horizon_steps
-        baseline_val = linear_baseline(data.train, data.val, pre, horizon)
-        baseline_test = linear_baseline(data.train, data.test, pre, horizon) if data.test is not None else {}
+        scores, notes = baselines(data, cfg)
+        for logger in trainer.loggers:  # beside the model's metrics in CSV / TensorBoard / W&B
+            logger.log_metrics({f"baseline/{name}/{split}_{metric}": value for name, by_split in scores.items()
+                                for split, metrics in by_split.items() for metric, value in metrics.items()},
+                               step=trainer.global_step)
+            logger.save()
         pick = lambda m, prefix: {k.split("/")[1]: float(v) for k, v in m.items() if k.startswith(prefix) and k != f"{prefix}/loss"}
         noise = cfg.data.synthetic_noise if cfg.data.source == "synthetic" else None
-        return RegressionResult(run_dir, pick(val_metrics, "val"), pick(test_metrics, "test"), baseline_val, baseline_test,
-                                noise, trainer.global_step, seconds, cfg.model.attention.type)
+        return RegressionResult(run_dir, pick(val_metrics, "val"), pick(test_metrics, "test"), scores, noise,
+                                trainer.global_step, seconds, cfg.model.attention.type, notes)
 
 
 def _loaders(data, cfg: RegressionRunConfig, rank: int, world: int):

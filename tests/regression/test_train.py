@@ -26,7 +26,8 @@ def test_quick_run_predict_and_checkpoint(tmp_path, attention_type, capsys):
     cfg = quick(tmp_path, *extra)
     assert isinstance(cfg, RegressionRunConfig)
     result = run(cfg)
-    assert set(result.val) >= {"rmse", "mae", "r2"} and result.val["rmse"] > 0 and result.baseline_val["rmse"] > 0
+    assert set(result.val) >= {"rmse", "mae", "r2"} and result.val["rmse"] > 0
+    assert {"last value", "ridge"} <= set(result.baselines) and result.baselines["ridge"]["val"]["rmse"] > 0
     ckpt = next((result.run_dir / "checkpoints").glob("step*-rmse*.ckpt"))
     model, saved_cfg, pre = load_regressor(ckpt)
     assert saved_cfg.model.attention.type == attention_type and pre.targets == ["y"]
@@ -86,9 +87,9 @@ def test_cli_errors_for_regression(tmp_path, capsys):
 def test_embedded_default_reaches_the_noise_floor_and_beats_linear(tmp_path, attention):
     cfg = load_any_config("configs/regression/default.yaml", [f"out_dir={tmp_path}", "trainer.progress_bar=false", *attention])
     result = run(cfg)
-    print(f"test RMSE {result.test['rmse']:.4f} vs noise floor {result.noise_floor} vs linear {result.baseline_test['rmse']:.4f}")
+    print(f"test RMSE {result.test['rmse']:.4f} vs noise floor {result.noise_floor} vs ridge {result.baselines['ridge']['test']['rmse']:.4f}")
     assert result.test["rmse"] <= 1.10 * result.noise_floor
-    assert result.test["rmse"] < result.baseline_test["rmse"]
+    assert result.test["rmse"] < result.baselines["ridge"]["test"]["rmse"]
 
 
 def test_regression_module_honours_compile_and_the_moe_aux_loss():

@@ -285,4 +285,4 @@ def test_a_regression_sweep_runs_the_regression_pipeline(tmp_path):
     assert [r["status"] for r in runs] == ["finished", "finished"], runs
     for r in runs:
         result = json.loads((Path(r["run_dir"]) / "result.json").read_text())
-        assert result["val"]["rmse"] > 0 and "baseline_val" in result
+        assert result["val"]["rmse"] > 0 and "ridge" in result["baselines"]
