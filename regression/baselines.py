@@ -86,16 +86,23 @@ def detect_period(train: SequenceWindows, max_lag: int) -> int | None:
     return max(peaks, key=lambda lag: r[lag]) if peaks else None
 
 
-def naive_predictions(ds: SequenceWindows, period: int | None, *, drift: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``[n, H*T]`` scaled predictions of last value (``period`` None) or seasonal naive (+ drift), and the targets."""
+def naive_predictions(ds: SequenceWindows, period: int | None, *, drift: bool,
+                      fallback: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``[n, H*T]`` scaled predictions of last value (``period`` None) or seasonal naive (+ drift), and the targets.
+    A window with no observed target at all (one row, predicting that row, at a segment's start) gets
+    ``fallback`` (the training targets' mean), never a row it should not see."""
     preds, targets = [], []
     for i in range(len(ds)):
         seg_id, start = ds.index[i]
         y = ds.segments[seg_id]["y"].astype(np.float64)  # [rows, T]
         _, rows = ds.target_rows(i)
         last = min(start + ds.W - 1, int(rows[0]) - 1)  # the last observed target row
-        first = max(start, 0)
-        slope = (y[last] - y[first]) / (last - first) if drift and last > first else 0.0
+        if last < 0:
+            width = y.shape[1]
+            preds.append(np.tile(np.zeros(width) if fallback is None else fallback, len(rows)))
+            targets.append(y[rows].reshape(-1))
+            continue
+        slope = (y[last] - y[start]) / (last - start) if drift and last > start else 0.0
         out = []
         for r in rows:
             if period is None:
@@ -117,13 +124,14 @@ def sequence_baselines(train: SequenceWindows, splits: dict, pre: Preprocessing,
         notes.append(f"season period detected: {period}" if period else
                      f"seasonal baselines skipped: the autocorrelation has no peak >= {MIN_AUTOCORRELATION} up to "
                      f"data.window={train.W} lags (set data.season_period to force one)")
+    mean = np.concatenate([seg["y"] for seg in train.segments]).astype(np.float64).mean(0)  # [T], scaled
     results = {}
     for name, p, drift in (("last value", None, False), ("seasonal naive", period, False), ("seasonal naive + drift", period, True)):
         if name != "last value" and period is None:
             continue
         results[name] = {}
         for split, ds in splits.items():
-            pred, target = naive_predictions(ds, p, drift=drift)
+            pred, target = naive_predictions(ds, p, drift=drift, fallback=mean)
             results[name][split] = metrics_numpy(_original(pre, pred), _original(pre, target))
     results["ridge"], alpha = ridge_baseline(train, splits, pre)
     notes.append(f"ridge alpha chosen on validation: {alpha:g}")

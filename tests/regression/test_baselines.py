@@ -94,3 +94,11 @@ def test_season_period_errors(tmp_path):
         RegressionDataConfig(season_period=1)
     with pytest.raises(ValueError, match=r"data.season_period=500 is longer than the training part of every series \(the longest has 168 rows\)"):
         _series_data(tmp_path, lambda t: t * 1.0, period=500)
+
+
+def test_a_window_without_an_observed_target_never_sees_its_own_target(tmp_path):
+    cfg, data = _series_data(tmp_path, lambda t: np.random.default_rng(2).normal(size=len(t)), window=1)
+    pred, target = naive_predictions(data.test, None, drift=False, fallback=np.array([0.123]))
+    assert pred[0, 0] == pytest.approx(0.123)  # the first window of a segment: nothing observed yet
+    seg, start = data.test.index[1]
+    assert pred[1, 0] == pytest.approx(data.test.segments[seg]["y"][start - 1, 0])  # then the previous row
