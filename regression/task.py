@@ -8,6 +8,7 @@ split (and, for the synthetic default, the known noise floor).
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -144,7 +145,8 @@ class RegressionTask(Task):
             return None
         scores, notes = baselines(data, cfg)
         for logger in trainer.loggers:  # beside the model's metrics in CSV / TensorBoard / W&B
-            logger.log_metrics({f"baseline/{name}/{split}_{metric}": value for name, by_split in scores.items()
+            logger.log_metrics({f"baseline/{re.sub(r'[^a-z0-9]+', '_', name)}/{split}_{metric}": value  # last_value, ...
+                                for name, by_split in scores.items()
                                 for split, metrics in by_split.items() for metric, value in metrics.items()},
                                step=trainer.global_step)
             logger.save()

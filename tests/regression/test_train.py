@@ -28,6 +28,9 @@ def test_quick_run_predict_and_checkpoint(tmp_path, attention_type, capsys):
     result = run(cfg)
     assert set(result.val) >= {"rmse", "mae", "r2"} and result.val["rmse"] > 0
     assert {"last value", "ridge"} <= set(result.baselines) and result.baselines["ridge"]["val"]["rmse"] > 0
+    logged = pd.read_csv(result.run_dir / "csv" / "metrics.csv")  # the baselines are logged beside the model
+    assert logged["baseline/ridge/test_rmse"].dropna().item() == pytest.approx(result.baselines["ridge"]["test"]["rmse"])
+    assert logged["baseline/last_value/val_mae"].dropna().item() == pytest.approx(result.baselines["last value"]["val"]["mae"])
     ckpt = next((result.run_dir / "checkpoints").glob("step*-rmse*.ckpt"))
     model, saved_cfg, pre = load_regressor(ckpt)
     assert saved_cfg.model.attention.type == attention_type and pre.targets == ["y"]
