@@ -49,7 +49,8 @@ class Run:
     history: pd.DataFrame
     result: dict = field(default_factory=dict)
     row: dict = field(default_factory=dict)
-    flags: list[str] = field(default_factory=list)
+    flags: list[str] = field(default_factory=list)  # config differences from the other runs (fairness)
+    notes: list[str] = field(default_factory=list)  # about the measurements (no checkpoint, noisy decode speed)
 
 
 def run_label(path: Path) -> str:
@@ -200,9 +201,9 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
         decode = speed["median"] if speed else math.nan
         spread = speed["spread"] if speed else math.nan
         if ckpt is None:
-            run.flags.append("no checkpoint: decode speed not measured")
+            run.notes.append("no checkpoint: decode speed not measured")
         elif speed and spread > NOISY_SPREAD:
-            run.flags.append(f"decode speed noisy: rounds spread {spread:.0%} of the median (a busy machine?)")
+            run.notes.append(f"decode speed noisy: rounds spread {spread:.0%} of the median (a busy machine?)")
         wall = run.result.get("wall_time_s")
         if wall is None and "time/elapsed_s" in h:
             wall = float(h["time/elapsed_s"].dropna().max())
@@ -217,7 +218,7 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
     mha = [r for r in runs if r.row["attention"] == "mha"]
     for run in runs:
         run.row["quality_vs_mha"] = round(math.exp(mha[0].row["best_val_loss"] - run.row["best_val_loss"]), 4) if mha else math.nan
-        run.row["flags"] = "; ".join(run.flags)
+        run.row["flags"] = "; ".join(run.flags + run.notes)
 
 
 def run_colors(runs: list[Run]) -> dict[str, str]:
@@ -308,6 +309,9 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
     flagged = [r for r in runs if r.flags]
     lines += ["## Fairness", ""] + ([f"- **{run_label(r.path)}** differs: {'; '.join(r.flags)}" for r in flagged] or
                                     ["All runs share every setting except the compared keys."]) + [""]
+    noted = [r for r in runs if r.notes]
+    if noted:
+        lines += ["## Measurement notes", ""] + [f"- **{run_label(r.path)}**: {'; '.join(r.notes)}" for r in noted] + [""]
     lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out

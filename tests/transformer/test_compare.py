@@ -83,11 +83,20 @@ def test_three_type_sweep_and_report(tmp_path, corpus, capsys, monkeypatch):
         assert row["kv_cache_vs_mha"] == expected[row["attention"]] / expected["mha"]
         assert row["train_tokens_per_s"] > 0 and row["decode_tokens_per_s"] > 0
     assert table.loc[table.attention == "mha", "quality_vs_mha"].item() == 1.0
-    assert (table["flags"].isna() | (table["flags"] == "")).all()
+    flags = table["flags"].fillna("")  # no config difference; a busy machine may add a decode-noise note only
+    assert all(f == "" or f.startswith("decode speed noisy: rounds spread") for f in flags), list(flags)
     for name in ("val_loss_vs_step.png", "val_loss_vs_time.png", "kv_cache_vs_loss.png"):
         assert (out_dir / name).read_bytes()[:8] == PNG and (out_dir / name).stat().st_size > 5000
     text = (out_dir / "report.md").read_text()
     assert "| run | attention |" in text and "All runs share every setting" in text
+    # a noisy decode measurement is a note about the measurement, not a fairness flag
+    import transformer.compare as compare
+
+    monkeypatch.setattr(compare, "decode_speeds", lambda ckpts, **kw: [{"median": 50.0, "spread": 0.6, "rounds": 5} for _ in ckpts])
+    noisy = report([experiment], tmp_path / "noisy")
+    text = (noisy / "report.md").read_text()
+    assert "All runs share every setting" in text and "## Measurement notes" in text
+    assert text.count("decode speed noisy: rounds spread 60% of the median") == 2 * 3  # table column + notes, per run
 
 
 def test_unswept_difference_is_flagged_and_failed_run_does_not_stop_the_sweep(tmp_path, corpus, capsys):
