@@ -2,8 +2,8 @@
 
 What differs from the language-model task (see :class:`transformer.training.run.Task`): the best
 checkpoint is chosen by validation RMSE, the final figures are the best checkpoint's validation
-and test metrics in original units next to a least-squares baseline fitted on the same training
-split (and, for the synthetic default, the known noise floor).
+and test metrics in original units next to the baselines of ``baselines.py`` fitted on the same training
+split and scored on the same examples (and, for the synthetic default, the known noise floor).
 """
 
 from __future__ import annotations

@@ -106,17 +106,11 @@ def load_run(path: Path) -> Run:
 
 
 def _best_checkpoint(path: Path) -> Path | None:
-    ckpts = sorted(p for p in (path / "checkpoints").glob("*.ckpt") if p.name != "last.ckpt") if (path / "checkpoints").is_dir() else []
-    if ckpts:  # ModelCheckpoint names them step<N>-<metric><value>.ckpt (loss for LMs, rmse for regression)
-        import re
+    """The run's best top-k checkpoint, else its ``last.ckpt``, else None."""
+    from .training.run_dir import best_checkpoint
 
-        def score(p):
-            m = re.search(r"-(?:loss|rmse)([0-9.]+)\.ckpt$", p.name)
-            return float(m.group(1)) if m else math.inf
-
-        return min(ckpts, key=score)
     last = path / "checkpoints" / "last.ckpt"
-    return last if last.is_file() else None
+    return best_checkpoint(path) or (last if last.is_file() else None)
 
 
 NOISY_SPREAD = 0.25  # (max - min) / median of a run's decode rounds above this: the figure is flagged as noisy

@@ -22,7 +22,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import guarded
-from .training.run_status import effective_status, read_status
+from .training.run_status import clock, effective_status, read_status
 
 BEST_METRIC = {"lm": "val/loss", "regression": "val/rmse"}
 
@@ -107,19 +107,12 @@ def describe_run(run_dir: Path) -> RunRow:
                   best_value=best, wall_time_s=wall, run_dir=str(run_dir), error=record.get("error"))
 
 
-def _clock(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-
-
 def format_table(rows: list[RunRow]) -> str:
     header = ["name", "task", "attention", "status", "steps", "best val", "wall", "run directory"]
     body = [[r.name, r.task, r.attention or "-", r.status,
              f"{r.steps if r.steps is not None else '-'}/{r.max_steps if r.max_steps is not None else '-'}",
              f"{r.best_metric.split('/')[-1]} {r.best_value:.4f}" if r.best_value is not None else "-",
-             _clock(r.wall_time_s), r.run_dir] for r in rows]
+             clock(r.wall_time_s), r.run_dir] for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     lines = ["  ".join(str(x).ljust(w) for x, w in zip(line, widths)).rstrip() for line in [header, *body]]
     for r in rows:

@@ -19,6 +19,8 @@ import time
 
 import lightning as L
 
+from .run_status import clock
+
 # Metrics shown on a progress line, in this order, with how to print them; others are left to the loggers.
 _TRAIN_FIELDS = (("train/loss", "loss", "{:.4f}"), ("train/mfu", "mfu", "{:.1%}"))
 
@@ -29,11 +31,6 @@ def progress_interval(max_steps: int, log_every: int, every: int | None) -> int:
     if every is None:
         every = max(1, round(max_steps / 50))
     return max(log_every, -(-every // log_every) * log_every)
-
-
-def _clock(seconds: float) -> str:
-    seconds = int(max(seconds, 0))
-    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def _rate(value: float) -> str:
@@ -82,7 +79,7 @@ class ProgressReporter(L.Callback):
         done = step - self._start_step
         eta = elapsed / done * (total - step) if done > 0 else None
         head = f"step {step}/{total} ({step / max(total, 1):.0%})"
-        tail = [f"elapsed {_clock(elapsed)}"] + ([f"eta {_clock(eta)}"] if eta is not None else [])
+        tail = [f"elapsed {clock(elapsed)}"] + ([f"eta {clock(eta)}"] if eta is not None else [])
         return " | ".join([head, *self.train_fields(trainer), *tail])
 
     @staticmethod

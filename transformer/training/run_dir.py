@@ -150,15 +150,21 @@ def clean_leftovers(run_dir: Path, *, keep_checkpoints: set[str] | None = None) 
     return sorted(removed)
 
 
+def best_checkpoint(run_dir: Path) -> Path | None:
+    """The run's top-k checkpoint with the lowest monitored value (``step<N>-<metric><value>.ckpt``, as
+    ``trainer.build_trainer`` names them: loss for language models, rmse for regression), None without one."""
+    def score(path: Path) -> float:
+        found = re.search(r"-[a-z]+([0-9.]+)\.ckpt$", path.name)
+        return float(found.group(1)) if found else float("inf")
+
+    return min((p for p in (Path(run_dir) / "checkpoints").glob("step*.ckpt")), key=score, default=None)
+
+
 def outputs_summary(run_dir: Path) -> str:
     """One line naming what a finished run wrote: its checkpoints (best first) and its logs."""
     run_dir = Path(run_dir)
-    def score(name: str) -> float:  # ModelCheckpoint's names: step<N>-<metric><value>.ckpt, lower is better
-        found = re.search(r"-[a-z]+([0-9.]+)\.ckpt$", name)
-        return float(found.group(1)) if found else float("inf")
-
-    best = sorted((p.name for p in (run_dir / "checkpoints").glob("step*.ckpt")), key=score)
-    saved = ([f"best {best[0]}"] if best else []) + (["last.ckpt"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else [])
+    best = best_checkpoint(run_dir)
+    saved = ([f"best {best.name}"] if best else []) + (["last.ckpt"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else [])
     logs = [name for name, path in (("csv/metrics.csv", "csv/metrics.csv"), ("tensorboard/", "tensorboard"),
                                     ("wandb/", "wandb")) if (run_dir / path).exists()]
     parts = ([f"checkpoints/ ({', '.join(saved)})"] if saved else []) + logs + ["config.yaml", "result.json"]

@@ -19,6 +19,14 @@ STATUS_FILE = "status.json"
 STATES = ("running", "finished", "interrupted", "failed", "killed")
 
 
+def clock(seconds: float | None) -> str:
+    """``h:mm:ss`` (``-`` for unknown), as progress lines and ``transformer.runs`` print durations."""
+    if seconds is None:
+        return "-"
+    seconds = int(max(seconds, 0))
+    return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
 def write_status(run_dir: Path, status: str, *, launch_seconds: float | None = None, **fields) -> None:
     """Replace ``status.json`` atomically, keeping the fields of earlier writes (start time, resumes);
     ``launch_seconds`` (this launch's time) adds up into ``wall_s`` over a run's launches."""
