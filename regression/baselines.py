@@ -74,7 +74,7 @@ def detect_period(train: SequenceWindows, max_lag: int) -> int | None:
     """The season of the training targets (first target, pooled over segments): the lag in ``2..max_lag`` where
     the autocorrelation has its highest local peak, if that reaches :data:`MIN_AUTOCORRELATION`. A peak, not
     just the highest value: a persistent but unseasonal series (autocorrelation decaying from lag 1) has none."""
-    series = [seg["y"][:, 0].astype(np.float64) for seg in train.segments]
+    series = [rows[:, 0].astype(np.float64) for rows in train.split_rows()]
 
     def autocorrelation(lag: int) -> float:
         pairs = [(s[:-lag] - s.mean(), s[lag:] - s.mean()) for s in series if len(s) > lag + 2]
@@ -124,7 +124,7 @@ def sequence_baselines(train: SequenceWindows, splits: dict, pre: Preprocessing,
         notes.append(f"season period detected: {period}" if period else
                      f"seasonal baselines skipped: the autocorrelation has no peak >= {MIN_AUTOCORRELATION} up to "
                      f"data.window={train.W} lags (set data.season_period to force one)")
-    mean = np.concatenate([seg["y"] for seg in train.segments]).astype(np.float64).mean(0)  # [T], scaled
+    mean = np.concatenate(train.split_rows()).astype(np.float64).mean(0)  # [T], scaled
     results = {}
     for name, p, drift in (("last value", None, False), ("seasonal naive", period, False), ("seasonal naive + drift", period, True)):
         if name != "last value" and period is None:

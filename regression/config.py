@@ -20,6 +20,10 @@ from transformer.training.config import (
 from transformer.validation import choice, in_range, positive_fields
 
 SCALINGS = ("standard", "minmax", "none")
+TIME_FEATURES = ("minute", "hour", "day_of_week", "day_of_month", "day_of_year", "week", "month", "quarter")
+"""Calendar features of ``data.time_features``: each becomes a sin / cos pair over its cycle."""
+WINDOW_NORMS = ("none", "mean", "last")
+NUMERIC_EMBEDDINGS = ("linear", "periodic", "ple")
 MISSING_POLICIES = ("error", "drop", "ffill", "mean")
 LOSSES = ("mse", "huber", "mae")
 
@@ -46,7 +50,20 @@ class RegressionDataConfig:
     series_column: str | None = None
     """``sequence``: the column identifying each series (windows never cross series)."""
     time_column: str | None = None
-    """``sequence``: rows are sorted by this within each series (``None``: file order)."""
+    """``sequence``: rows are sorted by this within each series (``None``: file order); a value repeated within
+    one series is an error."""
+    time_features: list[str] = field(default_factory=list)
+    """Calendar features of ``time_column`` (a date / time column) as inputs, each a sin / cos pair: any of
+    ``minute, hour, day_of_week, day_of_month, day_of_year, week, month, quarter``, or ``[auto]``: those that
+    vary at the data's median step (hourly data: hour, day_of_week, day_of_year; monthly: month; ...)."""
+    target_history: bool = True
+    """``sequence``: the targets' own past values are input channels (after the features): at each window row the
+    observed target, and at a row being predicted (``horizon: 0``) the last observed one. Off: the targets are
+    predicted from the features alone."""
+    lags: list[int] = field(default_factory=list)
+    """``sequence``: lagged copies of each target as extra features (``y`` ``k`` rows earlier, per series), e.g.
+    ``[52]`` for a yearly season of weekly data that is longer than the window; each series loses its first
+    ``max(lags)`` rows."""
     window: int = 32
     """``sequence``: time steps per input window."""
     horizon: int = 0
@@ -100,6 +117,16 @@ class RegressionDataConfig:
         positive_fields("data", self, ("window", "horizon_steps", "stride", "batch_size", "synthetic_series", "synthetic_length"))
         if self.season_period is not None:
             in_range("data.season_period", self.season_period, 2)
+        for lag in self.lags:
+            in_range("data.lags", lag, 1)
+        if self.time_features:
+            if not self.time_column:
+                raise ValueError("data.time_features needs data.time_column (the date / time column they are read from)")
+            if self.time_features != ["auto"]:
+                for name in self.time_features:
+                    choice("data.time_features", name, TIME_FEATURES + ("auto",))
+                if "auto" in self.time_features:
+                    raise ValueError("data.time_features: give [auto] alone, or a list of features without auto")
         if not (0 < self.val_fraction < 1 and 0 <= self.test_fraction < 1 and self.val_fraction + self.test_fraction < 1):
             raise ValueError(f"data.val_fraction={self.val_fraction} and data.test_fraction={self.test_fraction} must leave a training share")
 
@@ -113,6 +140,52 @@ class HeadConfig:
 
     def __post_init__(self) -> None:
         choice("head.loss", self.loss, LOSSES)
+
+
+@dataclass
+class RegressorConfig:
+    """How the regressor reads its inputs (``regressor.*``): per-window normalisation, patches and channels for
+    sequences, numeric feature embeddings for tables. Defaults chosen by measurement (``bench/regression_real.py``)."""
+
+    window_norm: str = "last"
+    """``sequence``, RevIN (Kim et al. 2022): each input channel of a window is shifted by its own ``mean`` or
+    ``last`` value and divided by its own std; the model predicts in that frame and the prediction is mapped back
+    with the target channel's statistics (so shifting a series shifts its forecast). ``last`` means the model
+    predicts the change from the last observed value. ``none``: only the global scaling fitted on the training split.
+    Needs ``data.target_history``."""
+    window_norm_affine: bool = False
+    """A learnable per-channel scale and shift inside the normalised frame (RevIN's affine option)."""
+    linear_skip: bool = True
+    """A linear map from the (normalised) window straight to the prediction, added to the transformer's (as the
+    autoregressive component of LSTNet): the transformer learns what a linear model on the window misses."""
+    patch_len: int = 0
+    """``sequence``, PatchTST (Nie et al. 2023): tokens are patches of this many steps (0: one token per step)."""
+    patch_stride: int | None = None
+    """Step between patches (``None``: ``patch_len``, no overlap); where the patches would not end on the window's
+    last step, the window is padded by repeating that step."""
+    channel_independent: bool = False
+    """``sequence``: every input channel is its own token sequence through the shared encoder (PatchTST's channel
+    independence); the head reads all channels' pooled states."""
+    numeric_embedding: str = "linear"
+    """``tabular``: each numeric feature's token: ``linear`` (``x w + b``, FT-Transformer), ``periodic`` (sin / cos of
+    learned frequencies -> linear -> ReLU, PLR of Gorishniy et al. 2022) or ``ple`` (piecewise-linear encoding on
+    training-split quantile bins -> linear)."""
+    num_frequencies: int = 16
+    frequency_scale: float = 0.1
+    """``periodic``: frequencies per feature and the std of their initialisation (on standardised inputs)."""
+    ple_bins: int = 16
+    """``ple``: quantile bins per feature (fewer where a feature has fewer distinct training values)."""
+
+    def __post_init__(self) -> None:
+        choice("regressor.window_norm", self.window_norm, WINDOW_NORMS)
+        choice("regressor.numeric_embedding", self.numeric_embedding, NUMERIC_EMBEDDINGS)
+        in_range("regressor.patch_len", self.patch_len, 0)
+        if self.patch_stride is not None:
+            in_range("regressor.patch_stride", self.patch_stride, 1)
+            if not self.patch_len:
+                raise ValueError("regressor.patch_stride needs regressor.patch_len (the patch size)")
+        positive_fields("regressor", self, ("num_frequencies", "ple_bins"))
+        in_range("regressor.frequency_scale", self.frequency_scale, 0.0, low_open=True)
 
 
 def _default_model() -> ModelConfig:
@@ -129,6 +202,7 @@ class RegressionRunConfig(RunCommon):
     language model's checkpoint or export: its ``decoder.*`` weights map onto ``encoder.*``."""
     data: RegressionDataConfig = field(default_factory=RegressionDataConfig)
     head: HeadConfig = field(default_factory=HeadConfig)
+    regressor: RegressorConfig = field(default_factory=RegressorConfig)
     optim: OptimConfig = field(default_factory=lambda: OptimConfig(lr=1e-3, min_lr=1e-5, weight_decay=0.01, warmup_steps=100))
     trainer: TrainerConfig = field(default_factory=lambda: TrainerConfig(max_steps=3000, val_check_interval=250,
                                                                          limit_val_batches=None))
@@ -142,5 +216,22 @@ class RegressionRunConfig(RunCommon):
         if self.trainer.peak_flops is not None:
             raise ValueError("trainer.peak_flops is for the MFU metric of language-model runs; regression runs report "
                              "no MFU: remove the key")
-        if self.data.kind == "sequence" and self.data.window + (self.model.pooling == "cls") > self.model.max_seq_len:
-            raise ValueError(f"data.window={self.data.window} (+1 for a CLS token) exceeds model.max_seq_len={self.model.max_seq_len}")
+        if self.data.kind == "sequence":
+            r = self.regressor
+            if r.patch_len > self.data.window:
+                raise ValueError(f"regressor.patch_len={r.patch_len} is longer than data.window={self.data.window}")
+            tokens = self.tokens_per_window() + (self.model.pooling == "cls")
+            if tokens > self.model.max_seq_len:
+                raise ValueError(f"data.window={self.data.window} gives {tokens} tokens (patches, +1 for a CLS token), more "
+                                 f"than model.max_seq_len={self.model.max_seq_len}; raise model.max_seq_len or use patches")
+            if r.window_norm != "none" and not self.data.target_history:
+                raise ValueError(f"regressor.window_norm={r.window_norm} maps predictions back with the targets' window "
+                                 f"statistics, which needs data.target_history=true (or set regressor.window_norm=none)")
+
+    def tokens_per_window(self) -> int:
+        """Tokens one window becomes: its steps, or its patches (the padded end makes one more patch)."""
+        r, W = self.regressor, self.data.window
+        if not r.patch_len:
+            return W
+        stride = r.patch_stride or r.patch_len
+        return -(-(W - r.patch_len) // stride) + 1

@@ -26,6 +26,10 @@ from transformer.config import ModelConfig
 from transformer.encoder import Encoder
 from transformer.layers import make_norm, pool
 
+from .config import RegressorConfig
+from .numeric_embeddings import numeric_embedding
+from .window_norm import WindowNorm
+
 
 class _CategoricalEmbedding(nn.Module):
     """One table for all categorical columns (code 0 of each column = unseen value): ``[..., C] -> [..., C, D]``."""
@@ -40,29 +44,87 @@ class _CategoricalEmbedding(nn.Module):
         return self.table(codes + self.offsets)
 
 
+def patches(x: Tensor, length: int, stride: int) -> Tensor:
+    """``[b, W, C] -> [b, N, length, C]``: windows of ``length`` steps every ``stride``, the end padded by repeating
+    the last step where the patches would not end on it (PatchTST)."""
+    W = x.shape[1]
+    n = -(-(max(W, length) - length) // stride) + 1
+    pad = (n - 1) * stride + length - W
+    if pad:
+        x = torch.cat([x, x[:, -1:].expand(-1, pad, -1)], dim=1)
+    return x.unfold(1, length, stride).transpose(-1, -2)  # unfold: [b, N, C, length]
+
+
 class SequenceRegressor(nn.Module):
+    """Windows ``[b, W, C]`` (C = features, then the targets' history when ``target_channels``) -> ``[b, H * T]``.
+
+    Tokens are steps, or patches of ``regressor.patch_len`` steps; with ``regressor.channel_independent`` each
+    channel is its own token sequence (``[b * C, N, D]``) through the shared encoder and the head reads every
+    channel's pooled state. ``regressor.window_norm`` normalises the target channels per window and maps the
+    prediction back (``window_norm.py``); ``regressor.linear_skip`` adds a linear map of the window.
+    """
+
     def __init__(self, cfg: ModelConfig, *, num_features: int, num_targets: int, horizon_steps: int = 1,
-                 cardinalities: list[int] | None = None, head_dropout: float = 0.0) -> None:
+                 cardinalities: list[int] | None = None, head_dropout: float = 0.0, regressor: RegressorConfig | None = None,
+                 window: int | None = None, target_channels: int = 0) -> None:
         super().__init__()
-        self.cfg, self.num_targets, self.horizon_steps = cfg, num_targets, horizon_steps
-        D = cfg.embed_dim
-        self.input_proj = nn.Linear(num_features, D) if num_features else None
+        r = regressor or RegressorConfig(window_norm="none", linear_skip=False)
+        self.cfg, self.r, self.num_targets, self.horizon_steps = cfg, r, num_targets, horizon_steps
+        if r.window_norm != "none" and target_channels != num_targets:
+            raise ValueError("regressor.window_norm needs the targets' history among the inputs (data.target_history=true)")
+        if r.linear_skip and window is None:
+            raise ValueError("regressor.linear_skip needs the window length")
+        D, C = cfg.embed_dim, num_features
+        self.patch_len, self.patch_stride = r.patch_len or 1, (r.patch_stride or r.patch_len) if r.patch_len else 1
+        per_token = self.patch_len * (1 if r.channel_independent else C)
+        self.input_proj = nn.Linear(per_token, D) if C else None
+        self.channel_embedding = nn.Parameter(torch.randn(C, D) * cfg.init_std) if r.channel_independent else None
         self.categorical = _CategoricalEmbedding(cardinalities, D, cfg.init_std) if cardinalities else None
         self.cls = nn.Parameter(torch.randn(1, 1, D) * cfg.init_std) if cfg.pooling == "cls" else None
         if cfg.position == "learned":
             self.positions = nn.Embedding(cfg.max_seq_len, D)
         elif cfg.position == "sinusoidal":
             self.register_buffer("sinusoidal", sinusoidal_table(cfg.max_seq_len, D), persistent=False)
+        self.window_norm = WindowNorm(r.window_norm, num_targets, affine=r.window_norm_affine) if r.window_norm != "none" else None
         self.encoder = Encoder(cfg)
-        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets * horizon_steps))
+        pooled = D * (C if r.channel_independent else 1)
+        self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(pooled, num_targets * horizon_steps))
+        self.skip = nn.Linear(window * C, num_targets * horizon_steps) if r.linear_skip and C else None
+        if self.skip is not None:  # starts as "no change" (the last value, under window_norm=last)
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
+
+    def _tokens(self, x: Tensor, cats: Tensor | None) -> Tensor:
+        """``[b, W, C]`` -> ``[b', N, D]`` (``b' = b * C`` with channel independence)."""
+        b, W, C = x.shape
+        h = 0.0
+        if self.input_proj is not None:
+            if self.r.channel_independent:  # [b, W, C] -> [b * C, W, 1]
+                x = x.transpose(1, 2).reshape(b * C, W, 1)
+            p = patches(x, self.patch_len, self.patch_stride) if self.r.patch_len else x[:, :, None, :]  # [b', N, P, c]
+            h = self.input_proj(p.flatten(-2))  # [b', N, D]
+            if self.channel_embedding is not None:
+                h = (h.reshape(b, C, *h.shape[1:]) + self.channel_embedding[None, :, None]).flatten(0, 1)
+        if self.categorical is not None and cats is not None and cats.shape[-1]:
+            emb = self.categorical(cats).sum(-2)  # [b, W, D]
+            if self.r.patch_len:  # the mean over each patch's steps
+                emb = patches(emb, self.patch_len, self.patch_stride).mean(-2)
+            if self.r.channel_independent and self.input_proj is not None:
+                emb = emb.repeat_interleave(C, dim=0)
+            h = h + emb
+        return h
 
     def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
                 return_aux: bool = False):
-        """``x`` ``[b, s, F]``, ``cats`` ``[b, s, C]``, ``padding_mask`` ``[b, s]`` (1 = real step) -> ``[b, H * T]``
-        (with ``return_aux``: also the encoder's MoE load-balancing loss, None without experts)."""
-        h = self.input_proj(x) if self.input_proj is not None else 0.0
-        if self.categorical is not None and cats is not None and cats.shape[-1]:
-            h = h + self.categorical(cats).sum(-2)
+        """``x`` ``[b, W, C]``, ``cats`` ``[b, W, K]``, ``padding_mask`` ``[b, W]`` (1 = real step; steps as tokens
+        only) -> ``[b, H * T]`` (with ``return_aux``: also the encoder's MoE load-balancing loss, None without experts)."""
+        if padding_mask is not None and (self.r.patch_len or self.r.channel_independent):
+            raise ValueError("a padding mask needs one token per step (regressor.patch_len=0, channel_independent=false)")
+        b = x.shape[0]
+        stats = None
+        if self.window_norm is not None:
+            x, stats = self.window_norm.normalise(x)
+        h = self._tokens(x, cats)
         if self.cls is not None:  # CLS first; it is always a real token
             h = torch.cat([self.cls.expand(h.shape[0], -1, -1), h], dim=1)
             if padding_mask is not None:
@@ -72,14 +134,20 @@ class SequenceRegressor(nn.Module):
         elif self.cfg.position == "sinusoidal":
             h = h + self.sinusoidal[: h.shape[1]].to(h.dtype)
         out = self.encoder(h, padding_mask)
-        pred = self.head(pool(out.hidden, padding_mask, self.cfg.pooling))
+        pooled = pool(out.hidden, padding_mask, self.cfg.pooling)  # [b', D]
+        pred = self.head(pooled.reshape(b, -1))  # [b, H * T]
+        if self.skip is not None:
+            pred = pred + self.skip(x.flatten(1))
+        if stats is not None:
+            pred = self.window_norm.denormalise(pred.reshape(b, self.horizon_steps, self.num_targets), stats).reshape(b, -1)
         return (pred, out.aux_loss) if return_aux else pred
 
 
 class TabularRegressor(nn.Module):
     def __init__(self, cfg: ModelConfig, *, num_features: int, num_targets: int, cardinalities: list[int] | None = None,
-                 head_dropout: float = 0.0) -> None:
+                 head_dropout: float = 0.0, regressor: RegressorConfig | None = None) -> None:
         super().__init__()
+        r = regressor or RegressorConfig()
         self.cfg, self.num_targets, self.horizon_steps = cfg, num_targets, 1
         D = cfg.embed_dim
         tokens = num_features + len(cardinalities or []) + 1
@@ -88,18 +156,21 @@ class TabularRegressor(nn.Module):
                              "model.attention.positional=none (each feature has its own embedding)")
         if tokens > cfg.max_seq_len:
             raise ValueError(f"{tokens} feature tokens exceed model.max_seq_len={cfg.max_seq_len}")
-        self.weight = nn.Parameter(torch.randn(num_features, D) * cfg.init_std)  # per-feature linear embedding
-        self.bias = nn.Parameter(torch.zeros(num_features, D))
+        self.numeric = numeric_embedding(r.numeric_embedding, num_features, D, std=cfg.init_std, frequencies=r.num_frequencies,
+                                         frequency_scale=r.frequency_scale, bins=r.ple_bins) if num_features else None
         self.categorical = _CategoricalEmbedding(cardinalities, D, cfg.init_std) if cardinalities else None
         self.cls = nn.Parameter(torch.randn(1, 1, D) * cfg.init_std)
         self.encoder = Encoder(cfg)
         self.norm = make_norm(cfg) if cfg.norm_position == "post" else nn.Identity()
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets))
+        self._register_load_state_dict_pre_hook(_old_tabular_keys)
 
     def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
                 return_aux: bool = False):
         """``x`` ``[b, F]``, ``cats`` ``[b, C]`` -> ``[b, T]`` (with ``return_aux``: also the MoE aux loss)."""
-        tokens = [self.cls.expand(x.shape[0], -1, -1), x[..., None] * self.weight + self.bias]  # [b, 1, D], [b, F, D]
+        tokens = [self.cls.expand(x.shape[0], -1, -1)]  # [b, 1, D]
+        if self.numeric is not None:
+            tokens.append(self.numeric(x))  # [b, F, D]
         if self.categorical is not None and cats is not None and cats.shape[-1]:
             tokens.append(self.categorical(cats))  # [b, C, D]
         out = self.encoder(torch.cat(tokens, dim=1))
@@ -107,10 +178,29 @@ class TabularRegressor(nn.Module):
         return (pred, out.aux_loss) if return_aux else pred
 
 
+def _old_tabular_keys(state_dict, prefix, *args) -> None:
+    """Checkpoints from before ``numeric_embeddings.py`` kept the linear embedding as ``weight`` / ``bias``."""
+    for name in ("weight", "bias"):
+        if prefix + name in state_dict:
+            state_dict[f"{prefix}numeric.{name}"] = state_dict.pop(prefix + name)
+
+
 def build_regressor(cfg: ModelConfig, *, kind: str, num_features: int, num_targets: int, horizon_steps: int = 1,
-                    cardinalities: list[int] | None = None, head_dropout: float = 0.0) -> nn.Module:
+                    cardinalities: list[int] | None = None, head_dropout: float = 0.0, regressor: RegressorConfig | None = None,
+                    window: int | None = None, target_channels: int = 0) -> nn.Module:
     if kind == "tabular":
         return TabularRegressor(cfg, num_features=num_features, num_targets=num_targets, cardinalities=cardinalities,
-                                head_dropout=head_dropout)
+                                head_dropout=head_dropout, regressor=regressor)
     return SequenceRegressor(cfg, num_features=num_features, num_targets=num_targets, horizon_steps=horizon_steps,
-                             cardinalities=cardinalities, head_dropout=head_dropout)
+                             cardinalities=cardinalities, head_dropout=head_dropout, regressor=regressor, window=window,
+                             target_channels=target_channels)
+
+
+def regressor_for_run(cfg, pre) -> nn.Module:
+    """The model a regression run config (:class:`regression.config.RegressionRunConfig`) and its fitted
+    preprocessing describe: one construction for training and prediction."""
+    d = cfg.data
+    history = len(pre.targets) if d.kind == "sequence" and d.target_history else 0
+    return build_regressor(cfg.model, kind=d.kind, num_features=len(pre.features) + history, num_targets=len(pre.targets),
+                           horizon_steps=d.horizon_steps, cardinalities=pre.cardinalities, head_dropout=cfg.head.head_dropout,
+                           regressor=cfg.regressor, window=d.window, target_channels=history)

@@ -35,8 +35,8 @@ from transformer.training.checkpoint_io import CheckpointError, read_checkpoint
 from transformer.training.weights import strip_prefixes
 
 from .config import RegressionRunConfig
-from .data import Preprocessing, clean, read_table, synthetic_frame
-from .h_transformer import build_regressor
+from .data import Preprocessing, add_derived, clean, read_table, synthetic_frame, window_inputs
+from .h_transformer import regressor_for_run
 from .module import metrics_numpy
 
 
@@ -44,10 +44,13 @@ def load_regressor(checkpoint: str | Path):
     ckpt = read_checkpoint(checkpoint)
     if K.PREPROCESSING not in ckpt or (ckpt.get(K.RUN_CONFIG) or {}).get("task") != "regression":
         raise CheckpointError(f"{checkpoint} is not a regression checkpoint (no preprocessing / task: regression)")
-    cfg: RegressionRunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RegressionRunConfig), ckpt[K.RUN_CONFIG]))
+    saved = ckpt[K.RUN_CONFIG]
+    if "regressor" not in saved:  # a run from before regressor.* existed: targets were not inputs, no window norm
+        saved = {**saved, "regressor": {"window_norm": "none", "linear_skip": False},
+                 "data": {**saved.get("data", {}), "target_history": False}}
+    cfg: RegressionRunConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(RegressionRunConfig), saved))
     pre = Preprocessing.from_dict(ckpt[K.PREPROCESSING])
-    model = build_regressor(cfg.model, kind=cfg.data.kind, num_features=len(pre.features), num_targets=len(pre.targets),
-                            horizon_steps=cfg.data.horizon_steps, cardinalities=pre.cardinalities)
+    model = regressor_for_run(cfg, pre)
     state = {k[len("model."):]: v for k, v in ckpt[K.STATE_DICT].items() if k.startswith("model.")}
     model.load_state_dict(strip_prefixes(state))
     return model.eval(), cfg, pre
@@ -64,6 +67,12 @@ def _column_names(cfg: RegressionRunConfig, pre: Preprocessing) -> list[str]:
 def predict_frame(model, cfg: RegressionRunConfig, pre: Preprocessing, frame: pd.DataFrame, batch_size: int = 512) -> pd.DataFrame:
     d = cfg.data
     frame = clean(frame, d, require_targets=False)
+    history = d.kind == "sequence" and d.target_history
+    absent = [t for t in pre.targets if t not in frame.columns]
+    if (history or d.lags) and absent:
+        raise ValueError(f"the model reads the past values of {absent} (data.target_history / data.lags): the input "
+                         f"needs those columns, with the observed history of each series")
+    frame, _ = add_derived(frame, d, pre.time_features)
     names = _column_names(cfg, pre)
     T, H = len(pre.targets), d.horizon_steps
     if d.kind == "tabular":
@@ -88,7 +97,7 @@ def predict_frame(model, cfg: RegressionRunConfig, pre: Preprocessing, frame: pd
         starts = np.arange(0, len(g) - d.window + 1, d.stride)
         for i in range(0, len(starts), batch_size):
             s = starts[i:i + batch_size]
-            x = torch.from_numpy(np.stack([a["x"][j:j + d.window] for j in s]))
+            x = torch.from_numpy(np.stack([window_inputs(a, j, d.window, j + d.window - 1 + d.horizon, history) for j in s]))
             cats = torch.from_numpy(np.stack([a["cats"][j:j + d.window] for j in s]))
             pred = pre.target_scaler.inverse(model(x, cats).double().numpy().reshape(-1, H, T)).reshape(len(s), H * T)
             block = pd.DataFrame(pred, columns=names)

@@ -96,13 +96,14 @@ class RegressionTask(Task):
                              f"data, or set resume_allow_data_change=true to continue on the new data")
 
     def build_module(self, cfg: RegressionRunConfig, data):
-        from .h_transformer import build_regressor
+        from .h_transformer import regressor_for_run
         from .module import RegressionModule
+        from .numeric_embeddings import PiecewiseLinearEmbedding
 
         pre = data.pre
-        model = build_regressor(cfg.model, kind=cfg.data.kind, num_features=len(pre.features), num_targets=len(pre.targets),
-                                horizon_steps=cfg.data.horizon_steps, cardinalities=pre.cardinalities,
-                                head_dropout=cfg.head.head_dropout)
+        model = regressor_for_run(cfg, pre)
+        if isinstance(getattr(model, "numeric", None), PiecewiseLinearEmbedding):  # bins from the training split
+            model.numeric.fit_edges(data.train.x)
         return RegressionModule(model, pre, cfg.head, cfg.optim, max_steps=cfg.trainer.max_steps,
                                 horizon_steps=cfg.data.horizon_steps, compile=cfg.trainer.compile,
                                 moe_aux_loss_weight=cfg.model.moe_aux_loss_weight)

@@ -98,7 +98,11 @@ def test_season_period_errors(tmp_path):
 
 def test_a_window_without_an_observed_target_never_sees_its_own_target(tmp_path):
     cfg, data = _series_data(tmp_path, lambda t: np.random.default_rng(2).normal(size=len(t)), window=1)
+    pred, target = naive_predictions(data.train, None, drift=False, fallback=np.array([0.123]))
+    assert pred[0, 0] == pytest.approx(0.123)  # the first window of a series: nothing observed yet
+    seg, start = data.train.index[1]
+    assert pred[1, 0] == pytest.approx(data.train.segments[seg]["y"][start - 1, 0])  # then the previous row
+    # a test window may look back into the validation rows before it (observed by then), never forward
     pred, target = naive_predictions(data.test, None, drift=False, fallback=np.array([0.123]))
-    assert pred[0, 0] == pytest.approx(0.123)  # the first window of a segment: nothing observed yet
-    seg, start = data.test.index[1]
-    assert pred[1, 0] == pytest.approx(data.test.segments[seg]["y"][start - 1, 0])  # then the previous row
+    seg, start = data.test.index[0]
+    assert start == data.test.bounds[seg][0] and pred[0, 0] == pytest.approx(data.test.segments[seg]["y"][start - 1, 0])

@@ -26,17 +26,32 @@ def files_cfg(path, **kw):
     return RegressionDataConfig(**base)
 
 
-def test_windows_never_cross_series_or_splits(tmp_path):
+def test_windows_never_cross_series_and_each_target_is_in_one_split(tmp_path):
     series_frame().to_csv(tmp_path / "s.csv", index=False)
     data = build_data(files_cfg(tmp_path / "s.csv"), seed=0)
+    seen = set()
     for split, ds, lo, hi in (("train", data.train, 0, 20), ("val", data.val, 20, 30), ("test", data.test, 30, 40)):
-        assert len(ds) == 3 * ((hi - lo) - 5 - 1 + 1)  # window 5 + horizon 1 inside each 10/20-row segment
+        # every target row of the split once: a window may look back before the split (not in training: row 0 first)
+        assert len(ds) == 3 * ((hi - max(lo, 5)))
         for i in range(len(ds)):
             x, cats, y = ds[i]
             series, t = divmod(int(x[0, 0]), 1000)
             assert torch.equal(x[:, 0], torch.arange(5.0) + series * 1000 + t)  # consecutive steps of one series
-            assert lo <= t and t + 5 < hi  # inputs and the target step stay inside the split segment
-            assert float(y[0]) == series * 1000 + t + 5 + 0.5  # the target one step after the window
+            assert torch.equal(x[:, 1], x[:, 0] + 0.5)  # the targets' history: observed rows only (horizon 1)
+            target = t + 5  # one step after the window: inside the split, inputs all before it
+            assert lo <= target < hi and float(y[0]) == series * 1000 + target + 0.5
+            assert (series, target) not in seen
+            seen.add((series, target))
+
+
+def test_target_history_carries_the_last_observed_value_into_a_predicted_row(tmp_path):
+    series_frame().to_csv(tmp_path / "s.csv", index=False)
+    data = build_data(files_cfg(tmp_path / "s.csv", horizon=0), seed=0)
+    x, _, y = data.val[0]  # horizon 0: the window's last row is the one predicted
+    assert float(y[0]) == float(x[-1, 0]) + 0.5  # its target, which the inputs must not hold:
+    assert float(x[-1, 1]) == float(x[-2, 1]) == float(x[-2, 0]) + 0.5  # the last observed target instead
+    x, _, _ = build_data(files_cfg(tmp_path / "s.csv", target_history=False), seed=0).val[0]
+    assert x.shape == (5, 1)
 
 
 def test_scaling_round_trip_and_fitted_on_train_only(tmp_path):
