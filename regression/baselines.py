@@ -6,6 +6,8 @@ last *observed* target is the row before the first predicted one, or the window'
 forecasting ahead):
 
 - ``last value``: every predicted step repeats the last observed target;
+- ``drift``: the last value plus the window's average change per step times the steps ahead (a random walk
+  with drift);
 - ``seasonal naive``: the target one (or more) seasons earlier, period ``data.season_period`` or the lag
   of the training targets' highest autocorrelation peak (skipped when no peak reaches 0.3);
 - ``seasonal naive + drift``: the seasonal value plus the window's average change per step (observed
@@ -126,8 +128,9 @@ def sequence_baselines(train: SequenceWindows, splits: dict, pre: Preprocessing,
                      f"data.window={train.W} lags (set data.season_period to force one)")
     mean = np.concatenate(train.split_rows()).astype(np.float64).mean(0)  # [T], scaled
     results = {}
-    for name, p, drift in (("last value", None, False), ("seasonal naive", period, False), ("seasonal naive + drift", period, True)):
-        if name != "last value" and period is None:
+    for name, p, drift in (("last value", None, False), ("drift", 1, True), ("seasonal naive", period, False),
+                           ("seasonal naive + drift", period, True)):
+        if name.startswith("seasonal") and period is None:
             continue
         results[name] = {}
         for split, ds in splits.items():

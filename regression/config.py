@@ -22,7 +22,7 @@ from transformer.validation import choice, in_range, positive_fields
 SCALINGS = ("standard", "minmax", "none")
 TIME_FEATURES = ("minute", "hour", "day_of_week", "day_of_month", "day_of_year", "week", "month", "quarter")
 """Calendar features of ``data.time_features``: each becomes a sin / cos pair over its cycle."""
-WINDOW_NORMS = ("none", "mean", "last")
+WINDOW_NORMS = ("auto", "none", "mean", "last")
 NUMERIC_EMBEDDINGS = ("linear", "periodic", "ple")
 MISSING_POLICIES = ("error", "drop", "ffill", "mean")
 LOSSES = ("mse", "huber", "mae")
@@ -106,8 +106,10 @@ class RegressionDataConfig:
                 raise ValueError("data.path is required when data.source='files'")
             if not self.target_columns:
                 raise ValueError("data.target_columns must name at least one column to predict")
-            if not self.feature_columns and not self.categorical_columns:
-                raise ValueError("data.feature_columns / data.categorical_columns must name at least one input column")
+            if not (self.feature_columns or self.categorical_columns or self.time_features or self.lags
+                    or (self.kind == "sequence" and self.target_history)):
+                raise ValueError("data.feature_columns / data.categorical_columns must name at least one input column "
+                                 "(or, for a sequence, keep data.target_history=true to forecast from the targets' past)")
         overlap = set(self.target_columns) & set(self.categorical_columns)
         if overlap:
             raise ValueError(f"columns {sorted(overlap)} are both targets and categorical inputs")
@@ -147,12 +149,13 @@ class RegressorConfig:
     """How the regressor reads its inputs (``regressor.*``): per-window normalisation, patches and channels for
     sequences, numeric feature embeddings for tables. Defaults chosen by measurement (``bench/regression_real.py``)."""
 
-    window_norm: str = "last"
+    window_norm: str = "auto"
     """``sequence``, RevIN (Kim et al. 2022): each input channel of a window is shifted by its own ``mean`` or
     ``last`` value and divided by its own std; the model predicts in that frame and the prediction is mapped back
-    with the target channel's statistics (so shifting a series shifts its forecast). ``last`` means the model
-    predicts the change from the last observed value. ``none``: only the global scaling fitted on the training split.
-    Needs ``data.target_history``."""
+    with the target channels' statistics (so shifting a series shifts its forecast). ``last`` means the model
+    predicts the change from the last observed value. ``none``: only the global scaling fitted on the training
+    split. ``auto``: the frame whose least-squares linear forecast (the linear skip's start) has the lowest
+    validation error; the run says which (``none`` without ``data.target_history``)."""
     window_norm_affine: bool = False
     """A learnable per-channel scale and shift inside the normalised frame (RevIN's affine option)."""
     linear_skip: bool = True
@@ -224,7 +227,7 @@ class RegressionRunConfig(RunCommon):
             if tokens > self.model.max_seq_len:
                 raise ValueError(f"data.window={self.data.window} gives {tokens} tokens (patches, +1 for a CLS token), more "
                                  f"than model.max_seq_len={self.model.max_seq_len}; raise model.max_seq_len or use patches")
-            if r.window_norm != "none" and not self.data.target_history:
+            if r.window_norm not in ("none", "auto") and not self.data.target_history:
                 raise ValueError(f"regressor.window_norm={r.window_norm} maps predictions back with the targets' window "
                                  f"statistics, which needs data.target_history=true (or set regressor.window_norm=none)")
 

@@ -172,8 +172,9 @@ def _check_increasing(frame: pd.DataFrame, cfg: RegressionDataConfig) -> None:
         row = int(np.flatnonzero(same.to_numpy())[0])
         where = f" in series {frame[cfg.series_column].iloc[row]!r}" if cfg.series_column else ""
         hint = "" if cfg.series_column else "; if the file holds several series, name their column in data.series_column"
+        value = times.iloc[row]
         raise ValueError(f"column {cfg.time_column!r} (data.time_column) is not strictly increasing: the value "
-                         f"{times.iloc[row]!r} appears twice{where} (rows {row - 1} and {row} after sorting){hint}")
+                         f"{getattr(value, 'item', lambda: value)()!r} appears twice{where} (rows {row - 1} and {row} after sorting){hint}")
 
 
 # ------------------------------------------------------------------------------------ scaling
@@ -237,6 +238,9 @@ def resolve_time_features(frame: pd.DataFrame, cfg: RegressionDataConfig) -> lis
     """``data.time_features`` with ``[auto]`` replaced by the features that vary at the data's median step."""
     if cfg.time_features != ["auto"]:
         return list(cfg.time_features)
+    column = frame[cfg.time_column]
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_datetime64_any_dtype(column):
+        return []  # a step count or a year: no calendar to read
     times = _times(frame, cfg.time_column)
     steps = times.groupby(frame[cfg.series_column]).diff() if cfg.series_column else times.diff()
     step = steps.dropna().median()

@@ -66,7 +66,8 @@ class SequenceRegressor(nn.Module):
 
     def __init__(self, cfg: ModelConfig, *, num_features: int, num_targets: int, horizon_steps: int = 1,
                  cardinalities: list[int] | None = None, head_dropout: float = 0.0, regressor: RegressorConfig | None = None,
-                 window: int | None = None, target_channels: int = 0) -> None:
+                 window: int | None = None, target_channels: int = 0, normalised: list[bool] | None = None) -> None:
+        """``normalised`` ``[C]``: the channels ``window_norm`` normalises (default all; not calendar features)."""
         super().__init__()
         r = regressor or RegressorConfig(window_norm="none", linear_skip=False)
         self.cfg, self.r, self.num_targets, self.horizon_steps = cfg, r, num_targets, horizon_steps
@@ -85,14 +86,19 @@ class SequenceRegressor(nn.Module):
             self.positions = nn.Embedding(cfg.max_seq_len, D)
         elif cfg.position == "sinusoidal":
             self.register_buffer("sinusoidal", sinusoidal_table(cfg.max_seq_len, D), persistent=False)
-        self.window_norm = WindowNorm(r.window_norm, num_targets, affine=r.window_norm_affine) if r.window_norm != "none" else None
+        self.window_norm = (WindowNorm(r.window_norm, num_targets, normalised or [True] * C, affine=r.window_norm_affine)
+                            if r.window_norm != "none" else None)
         self.encoder = Encoder(cfg)
         pooled = D * (C if r.channel_independent else 1)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(pooled, num_targets * horizon_steps))
         self.skip = nn.Linear(window * C, num_targets * horizon_steps) if r.linear_skip and C else None
-        if self.skip is not None:  # starts as "no change" (the last value, under window_norm=last)
-            nn.init.zeros_(self.skip.weight)
-            nn.init.zeros_(self.skip.bias)
+        if self.window_norm is not None or self.skip is not None:
+            # start at the skip's least-squares fit (linear_init.py), or at the window's own centre (with ``last``:
+            # the last-value forecast); training then fits what a linear forecast misses
+            for layer in (self.head[-1], self.skip):
+                if layer is not None:
+                    nn.init.zeros_(layer.weight)
+                    nn.init.zeros_(layer.bias)
 
     def _tokens(self, x: Tensor, cats: Tensor | None) -> Tensor:
         """``[b, W, C]`` -> ``[b', N, D]`` (``b' = b * C`` with channel independence)."""
@@ -187,13 +193,13 @@ def _old_tabular_keys(state_dict, prefix, *args) -> None:
 
 def build_regressor(cfg: ModelConfig, *, kind: str, num_features: int, num_targets: int, horizon_steps: int = 1,
                     cardinalities: list[int] | None = None, head_dropout: float = 0.0, regressor: RegressorConfig | None = None,
-                    window: int | None = None, target_channels: int = 0) -> nn.Module:
+                    window: int | None = None, target_channels: int = 0, normalised: list[bool] | None = None) -> nn.Module:
     if kind == "tabular":
         return TabularRegressor(cfg, num_features=num_features, num_targets=num_targets, cardinalities=cardinalities,
                                 head_dropout=head_dropout, regressor=regressor)
     return SequenceRegressor(cfg, num_features=num_features, num_targets=num_targets, horizon_steps=horizon_steps,
                              cardinalities=cardinalities, head_dropout=head_dropout, regressor=regressor, window=window,
-                             target_channels=target_channels)
+                             target_channels=target_channels, normalised=normalised)
 
 
 def regressor_for_run(cfg, pre) -> nn.Module:
@@ -201,6 +207,8 @@ def regressor_for_run(cfg, pre) -> nn.Module:
     preprocessing describe: one construction for training and prediction."""
     d = cfg.data
     history = len(pre.targets) if d.kind == "sequence" and d.target_history else 0
+    calendar = {f"{d.time_column}:{name}_{part}" for name in pre.time_features for part in ("sin", "cos")}
     return build_regressor(cfg.model, kind=d.kind, num_features=len(pre.features) + history, num_targets=len(pre.targets),
                            horizon_steps=d.horizon_steps, cardinalities=pre.cardinalities, head_dropout=cfg.head.head_dropout,
-                           regressor=cfg.regressor, window=d.window, target_channels=history)
+                           regressor=cfg.regressor, window=d.window, target_channels=history,
+                           normalised=[name not in calendar for name in pre.features] + [True] * history)

@@ -30,6 +30,7 @@ class RegressionResult:
     wall_time: float
     attention: str = ""
     notes: list[str] = field(default_factory=list)  # what the baselines detected or skipped
+    model_notes: list[str] = field(default_factory=list)  # what the run chose (window_norm auto, the skip's alpha)
     extra: dict = field(default_factory=dict)
 
     def best_baseline(self, split: str) -> tuple[str, float] | None:
@@ -50,7 +51,7 @@ class RegressionResult:
                 if split in by_split:
                     m = by_split[split]
                     lines.append(f"| {label} | {name} | {m['rmse']:.4f} | {m['mae']:.4f} | {m['r2']:.4f} | |")
-        lines += [f"baselines: {note}" for note in self.notes]
+        lines += [f"model: {note}" for note in self.model_notes] + [f"baselines: {note}" for note in self.notes]
         if self.noise_floor is not None:
             lines.append(f"noise floor (irreducible RMSE of the synthetic data): {self.noise_floor:.4f}; "
                          f"test RMSE / floor = {self.test.get('rmse', self.val['rmse']) / self.noise_floor:.3f}")
@@ -62,7 +63,7 @@ class RegressionResult:
 
     def to_json(self) -> dict:
         best = {split: self.best_baseline(split) for split in ("val", "test")}
-        return {"val": self.val, "test": self.test, "baselines": self.baselines, "baseline_notes": self.notes,
+        return {"val": self.val, "test": self.test, "baselines": self.baselines, "baseline_notes": self.notes, "model_notes": self.model_notes,
                 "best_baseline": {k: {"name": v[0], "rmse": v[1]} for k, v in best.items() if v},
                 "noise_floor": self.noise_floor, "steps": self.steps, "wall_time_s": self.wall_time, "finished": True}
 
@@ -101,12 +102,50 @@ class RegressionTask(Task):
         from .numeric_embeddings import PiecewiseLinearEmbedding
 
         pre = data.pre
+        self.notes = []
+        if cfg.data.kind == "sequence" and cfg.regressor.window_norm == "auto":
+            self.notes.append(self._choose_window_norm(cfg, data))
         model = regressor_for_run(cfg, pre)
         if isinstance(getattr(model, "numeric", None), PiecewiseLinearEmbedding):  # bins from the training split
             model.numeric.fit_edges(data.train.x)
-        return RegressionModule(model, pre, cfg.head, cfg.optim, max_steps=cfg.trainer.max_steps,
-                                horizon_steps=cfg.data.horizon_steps, compile=cfg.trainer.compile,
-                                moe_aux_loss_weight=cfg.model.moe_aux_loss_weight)
+        module = RegressionModule(model, pre, cfg.head, cfg.optim, max_steps=cfg.trainer.max_steps,
+                                  horizon_steps=cfg.data.horizon_steps, compile=cfg.trainer.compile,
+                                  moe_aux_loss_weight=cfg.model.moe_aux_loss_weight)
+        if getattr(model, "skip", None) is not None:  # the linear part starts at its least-squares fit
+            from .linear_init import fit_linear_skip
+
+            alpha, _ = fit_linear_skip(model, data.train, data.val, self._original_units(module), cfg.seed)
+            self.notes.append(f"linear skip fitted by ridge on the training windows (alpha {alpha:g})")
+        return module
+
+    @staticmethod
+    def _original_units(module):
+        import torch
+
+        return lambda scaled: module.original_units(torch.as_tensor(scaled)).numpy()
+
+    def _choose_window_norm(self, cfg: RegressionRunConfig, data) -> str:
+        """``regressor.window_norm: auto`` -> the frame whose least-squares linear forecast has the lowest validation
+        RMSE (``cfg`` is updated, so the checkpoint records the choice)."""
+        from dataclasses import replace
+
+        from .h_transformer import regressor_for_run
+        from .linear_init import fit_linear_skip
+        from .module import RegressionModule
+
+        if not cfg.data.target_history:
+            cfg.regressor.window_norm = "none"
+            return "window_norm auto: none (no target history to normalise)"
+        errors = {}
+        for frame in ("none", "mean", "last"):
+            trial = replace(cfg, regressor=replace(cfg.regressor, window_norm=frame, linear_skip=True))
+            model = regressor_for_run(trial, data.pre)
+            module = RegressionModule(model, data.pre, cfg.head, cfg.optim, max_steps=1, horizon_steps=cfg.data.horizon_steps)
+            errors[frame] = fit_linear_skip(model, data.train, data.val, self._original_units(module), cfg.seed)[1]
+        best = min(errors, key=errors.get)
+        cfg.regressor.window_norm = best
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
+        return f"window_norm auto: {best} (validation RMSE of the linear fit in each frame: {scores})"
 
     def init_weights(self, module, cfg: RegressionRunConfig, resume=None):
         from transformer.training.weights import load_weights
@@ -128,7 +167,8 @@ class RegressionTask(Task):
                  f"per example): expect overfitting. Validate often with trainer.early_stopping_patience set (the best "
                  f"checkpoint is kept), or use a smaller model (model.embed_dim, model.num_layers)")
         return (f"model: {parameters:,} parameters, attention "
-                f"{cfg.model.attention.type}; data: {len(data.train):,} train / {len(data.val):,} val / {test:,} test examples")
+                f"{cfg.model.attention.type}; data: {len(data.train):,} train / {len(data.val):,} val / {test:,} test examples"
+                + "".join(f"\nmodel: {note}" for note in getattr(self, "notes", [])))
 
     def fit(self, cfg: RegressionRunConfig, trainer, module, data, ckpt_path: str | None) -> None:
         self._loaders = _loaders(data, cfg, trainer.global_rank, trainer.world_size)
@@ -154,7 +194,7 @@ class RegressionTask(Task):
         pick = lambda m, prefix: {k.split("/")[1]: float(v) for k, v in m.items() if k.startswith(prefix) and k != f"{prefix}/loss"}
         noise = cfg.data.synthetic_noise if cfg.data.source == "synthetic" else None
         return RegressionResult(run_dir, pick(val_metrics, "val"), pick(test_metrics, "test"), scores, noise,
-                                trainer.global_step, seconds, cfg.model.attention.type, notes)
+                                trainer.global_step, seconds, cfg.model.attention.type, notes, list(getattr(self, "notes", [])))
 
 
 def _loaders(data, cfg: RegressionRunConfig, rank: int, world: int):

@@ -14,6 +14,9 @@ Plots: validation loss vs step (1-based, as checkpoint names count) and vs wall 
 vs best validation loss with the trade-off frontier; each run has one colour in all three. Runs whose configs differ in anything besides the compared (swept) keys are
 flagged, naming the keys, so an unfair comparison is never silent.
 
+Regression runs get their own table: test RMSE / MAE / R², every baseline's test RMSE and the ratio to the best
+baseline (from ``result.json``).
+
 Runs are read from ``config.yaml`` + ``csv/metrics.csv`` (+ ``result.json``); a run logged only to
 W&B offline contributes its ``wandb-summary.json`` (final values; no history, so no curves).
 """
@@ -282,13 +285,55 @@ def markdown_table(table: pd.DataFrame) -> str:
     return "\n".join([head, rule, *rows])
 
 
+def regression_rows(runs: list[Run]) -> None:
+    """Rows of regression runs, from their ``result.json``: test metrics in original units (the best checkpoint by
+    validation RMSE), each baseline's test RMSE fitted on the same split, and the ratio to the best of them."""
+    for run in runs:
+        r = run.result
+        test, best = r.get("test") or {}, (r.get("best_baseline") or {}).get("test") or {}
+        if not test:
+            run.notes.append("no result.json test metrics (unfinished run?)")
+        h = run.history
+        val = h["val/rmse"].dropna() if "val/rmse" in h else pd.Series(dtype=float)
+        run.row = {"run": run_label(run.path), "attention": run.config["model"]["attention"]["type"],
+                   "window_norm": (run.config.get("regressor") or {}).get("window_norm", "none"),
+                   "best_val_rmse": round(float(val.min()), 6) if len(val) else math.nan,
+                   "test_rmse": test.get("rmse", math.nan), "test_mae": test.get("mae", math.nan), "test_r2": test.get("r2", math.nan)}
+        for name, by_split in (r.get("baselines") or {}).items():
+            run.row[f"{name} test_rmse"] = by_split.get("test", {}).get("rmse", math.nan)
+        run.row["best_baseline"] = best.get("name", "")
+        run.row["rmse_vs_best_baseline"] = round(test["rmse"] / best["rmse"], 4) if test and best.get("rmse") else math.nan
+        run.row["wall_time_s"] = round(float(r["wall_time_s"]), 1) if "wall_time_s" in r else math.nan
+        run.row["flags"] = "; ".join(run.flags + run.notes)
+
+
+def regression_report(runs: list[Run], swept: list[str], out: Path) -> Path:
+    regression_rows(runs)
+    table = pd.DataFrame([r.row for r in runs])
+    table.to_csv(out / "report.csv", index=False)
+    lines = [f"# Regression comparison ({len(runs)} runs)", "", "Compared keys: " + (", ".join(swept) or "model.attention.*"), "",
+             markdown_table(table), "",
+             "- test metrics in original units, from each run's best checkpoint by validation RMSE; baselines fitted on "
+             "the run's training split and scored on its test examples; rmse_vs_best_baseline <= 1 beats all of them.", ""]
+    flagged = [r for r in runs if r.flags]
+    lines += ["## Fairness", ""] + ([f"- **{run_label(r.path)}** differs: {'; '.join(r.flags)}" for r in flagged] or
+                                    ["All runs share every setting except the compared keys."]) + [""]
+    (out / "report.md").write_text("\n".join(lines) + "\n")
+    return out
+
+
 def report(paths: list[str | Path], out: str | Path | None = None, *, measure_decode: bool = True) -> Path:
     run_dirs, swept = find_runs(paths)
     runs = order_runs([load_run(p) for p in run_dirs])
     out = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "config.yaml").is_file()
                                  else Path(paths[0]).parent) / "report"
+    tasks = {r.config.get("task", "lm") for r in runs}
+    if len(tasks) > 1:
+        raise ValueError(f"these runs are of different tasks ({', '.join(sorted(tasks))}); compare runs of one task at a time")
     out.mkdir(parents=True, exist_ok=True)
     fairness_flags(runs, swept)
+    if tasks == {"regression"}:
+        return regression_report(runs, swept, out)
     build_rows(runs, measure_decode=measure_decode)
     table = pd.DataFrame([r.row for r in runs])
     table.to_csv(out / "report.csv", index=False)

@@ -145,3 +145,17 @@ def test_a_training_split_small_for_the_model_is_warned_about(tmp_path, capsys):
     err = capsys.readouterr().err
     assert re.search(r"warning: [0-9]+ training examples for [0-9,]+ parameters \([0-9,]+ per example\): expect "
                      r"overfitting. .*trainer.early_stopping_patience", err), err[-1000:]
+
+
+def test_compare_report_of_regression_runs_shows_the_baselines(tmp_path):
+    from transformer.compare import report
+
+    dirs = [run(quick(tmp_path / name, f"model.attention.type={name}")).run_dir for name in ("mha", "mqa")]
+    out = report([str(d) for d in dirs], tmp_path / "report")
+    table = pd.read_csv(out / "report.csv")
+    result = json.loads((dirs[1] / "result.json").read_text())
+    row = table[table["attention"] == "mqa"].iloc[0]
+    assert row["test_rmse"] == pytest.approx(result["test"]["rmse"])
+    assert row["ridge test_rmse"] == pytest.approx(result["baselines"]["ridge"]["test"]["rmse"])
+    assert row["rmse_vs_best_baseline"] == pytest.approx(result["test"]["rmse"] / result["best_baseline"]["test"]["rmse"], rel=1e-3)
+    assert "last value test_rmse" in table.columns and "# Regression comparison (2 runs)" in (out / "report.md").read_text()
