@@ -73,7 +73,7 @@ class SequenceRegressor(nn.Module):
         self.cfg, self.r, self.num_targets, self.horizon_steps = cfg, r, num_targets, horizon_steps
         if r.window_norm != "none" and target_channels != num_targets:
             raise ValueError("regressor.window_norm needs the targets' history among the inputs (data.target_history=true)")
-        if r.linear_skip and window is None:
+        if r.linear_skip is not False and window is None:
             raise ValueError("regressor.linear_skip needs the window length")
         D, C = cfg.embed_dim, num_features
         self.patch_len, self.patch_stride = r.patch_len or 1, (r.patch_stride or r.patch_len) if r.patch_len else 1
@@ -91,7 +91,7 @@ class SequenceRegressor(nn.Module):
         self.encoder = Encoder(cfg)
         pooled = D * (C if r.channel_independent else 1)
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(pooled, num_targets * horizon_steps))
-        self.skip = nn.Linear(window * C, num_targets * horizon_steps) if r.linear_skip and C else None
+        self.skip = nn.Linear(window * C, num_targets * horizon_steps) if r.linear_skip is not False and C else None
         if self.window_norm is not None or self.skip is not None:
             # start at the skip's least-squares fit (linear_init.py), or at the window's own centre (with ``last``:
             # the last-value forecast); training then fits what a linear forecast misses
@@ -153,7 +153,7 @@ class TabularRegressor(nn.Module):
     def __init__(self, cfg: ModelConfig, *, num_features: int, num_targets: int, cardinalities: list[int] | None = None,
                  head_dropout: float = 0.0, regressor: RegressorConfig | None = None) -> None:
         super().__init__()
-        r = regressor or RegressorConfig()
+        r = regressor or RegressorConfig(linear_skip=False)
         self.cfg, self.num_targets, self.horizon_steps = cfg, num_targets, 1
         D = cfg.embed_dim
         tokens = num_features + len(cardinalities or []) + 1
@@ -169,6 +169,12 @@ class TabularRegressor(nn.Module):
         self.encoder = Encoder(cfg)
         self.norm = make_norm(cfg) if cfg.norm_position == "post" else nn.Identity()
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets))
+        self.window_norm = None
+        self.skip = nn.Linear(num_features, num_targets) if r.linear_skip and num_features else None  # None: off
+        if self.skip is not None:  # start at the skip's ridge fit (linear_init.py); the transformer learns the rest
+            for layer in (self.head[-1], self.skip):
+                nn.init.zeros_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self._register_load_state_dict_pre_hook(_old_tabular_keys)
 
     def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
@@ -181,6 +187,8 @@ class TabularRegressor(nn.Module):
             tokens.append(self.categorical(cats))  # [b, C, D]
         out = self.encoder(torch.cat(tokens, dim=1))
         pred = self.head(self.norm(out.hidden[:, 0]))
+        if self.skip is not None:
+            pred = pred + self.skip(x)
         return (pred, out.aux_loss) if return_aux else pred
 
 

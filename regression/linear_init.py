@@ -26,11 +26,11 @@ def _frame(model, ds, limit: int | None = None, seed: int = 0) -> tuple[np.ndarr
     index = np.arange(len(ds))
     if limit is not None and len(index) > limit:
         index = np.sort(np.random.default_rng(seed).choice(index, limit, replace=False))
-    x = torch.stack([ds[int(i)][0] for i in index]).double()  # [n, W, C]
+    x = torch.stack([ds[int(i)][0] for i in index]).double()  # [n, W, C] (tables: [n, F])
     y = torch.stack([ds[int(i)][2] for i in index]).double()  # [n, H*T], globally scaled
     n, H, T = len(index), model.horizon_steps, model.num_targets
     stats = None
-    if model.window_norm is not None:
+    if getattr(model, "window_norm", None) is not None:
         x, stats = model.window_norm.double().normalise(x)
         model.window_norm.float()
         center, scale = stats

@@ -96,15 +96,20 @@ class RegressionTask(Task):
                              f"({saved.get('rows')} -> {data.fingerprint['rows']} rows). Point data.path at the original "
                              f"data, or set resume_allow_data_change=true to continue on the new data")
 
+    def settle_config(self, cfg: RegressionRunConfig, data, rank: int) -> None:
+        """``regressor.window_norm: auto`` becomes the frame it picks, before a resumed run's config is compared."""
+        self.notes = []
+        if cfg.data.kind == "sequence" and cfg.regressor.window_norm == "auto":
+            self.notes.append(self._choose_window_norm(cfg, data))
+
     def build_module(self, cfg: RegressionRunConfig, data):
         from .h_transformer import regressor_for_run
         from .module import RegressionModule
         from .numeric_embeddings import PiecewiseLinearEmbedding
 
         pre = data.pre
-        self.notes = []
-        if cfg.data.kind == "sequence" and cfg.regressor.window_norm == "auto":
-            self.notes.append(self._choose_window_norm(cfg, data))
+        if not hasattr(self, "notes"):
+            self.notes = []
         model = regressor_for_run(cfg, pre)
         if isinstance(getattr(model, "numeric", None), PiecewiseLinearEmbedding):  # bins from the training split
             model.numeric.fit_edges(data.train.x)
@@ -115,7 +120,9 @@ class RegressionTask(Task):
             from .linear_init import fit_linear_skip
 
             alpha, _ = fit_linear_skip(model, data.train, data.val, self._original_units(module), cfg.seed)
-            self.notes.append(f"linear skip fitted by ridge on the training windows (alpha {alpha:g})")
+            model.skip.requires_grad_(cfg.regressor.linear_skip_trainable)
+            self.notes.append(f"linear skip fitted by ridge on the training windows (alpha {alpha:g})"
+                              + ("" if cfg.regressor.linear_skip_trainable else ", kept fixed"))
         return module
 
     @staticmethod

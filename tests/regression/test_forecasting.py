@@ -81,7 +81,7 @@ def test_the_linear_skip_starts_at_the_ridge_fit_of_the_model_frame(tmp_path):
     task = RegressionTask()
     data = task.build_data(cfg, 0)
     model = task.build_module(cfg, data).model.eval()
-    alpha = float(task.notes[0].split("alpha ")[1].rstrip(")"))
+    alpha = float(task.notes[0].split("alpha ")[1].split(")")[0])
     x = np.stack([data.train[i][0].numpy().reshape(-1) for i in range(len(data.train))]).astype(np.float64)
     b = np.stack([data.train[i][2].numpy() for i in range(len(data.train))]).astype(np.float64)
     w = ridge_fit(np.concatenate([x, np.ones((len(x), 1))], axis=1), b, alpha)  # written out again: same windows
@@ -238,3 +238,22 @@ def test_an_old_tabular_checkpoint_still_loads():
     fresh = TabularRegressor(cfg, num_features=3, num_targets=1)
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.numeric.weight, model.numeric.weight)
+
+
+def test_window_norm_auto_is_recorded_and_a_resume_accepts_it(tmp_path, capsys):
+    t = np.arange(200)
+    pd.DataFrame({"t": t, "y": 0.1 * t + np.sin(t / 3.0)}).to_csv(tmp_path / "s.csv", index=False)
+    args = [f"data.path={tmp_path / 's.csv'}", "data.target_columns=[y]", "data.feature_columns=[]", "data.series_column=null",
+            "data.time_column=t", "data.window=8", "data.horizon=1", "data.horizon_steps=1", f"out_dir={tmp_path / 'runs'}",
+            "trainer.val_check_interval=5", "trainer.progress_bar=false", "model.num_layers=1", "name=auto"]
+    from regression.cli import run
+    from regression.predict import load_regressor
+
+    first = run(load_any_config("configs/regression/csv_timeseries.yaml", [*args, "trainer.max_steps=10"]))
+    chosen = [n for n in first.model_notes if n.startswith("window_norm auto: ")]
+    assert chosen and chosen[0].split()[2] in ("none", "mean", "last")
+    assert "window_norm auto" in capsys.readouterr().out
+    _, cfg, _ = load_regressor(first.run_dir / "checkpoints" / "last.ckpt")
+    assert cfg.regressor.window_norm == chosen[0].split()[2]  # the checkpoint holds the choice, not "auto"
+    resumed = run(load_any_config("configs/regression/csv_timeseries.yaml", [*args, "trainer.max_steps=20", "resume_from=auto"]))
+    assert resumed.run_dir == first.run_dir and resumed.steps == 20
