@@ -56,7 +56,7 @@ def ridge_fit(a: np.ndarray, b: np.ndarray, alpha: float) -> np.ndarray:
     return np.linalg.solve(a.T @ a + penalty, a.T @ b)
 
 
-def _original(pre: Preprocessing, scaled: np.ndarray) -> np.ndarray:
+def to_original_units(pre: Preprocessing, scaled: np.ndarray) -> np.ndarray:
     """``[n, H*T]`` scaled -> original units (the target scaler is per target column)."""
     T = len(pre.targets)
     return pre.target_scaler.inverse(scaled.reshape(len(scaled), -1, T)).reshape(len(scaled), -1)
@@ -69,7 +69,7 @@ def ridge_baseline(train, splits: dict, pre: Preprocessing) -> tuple[dict[str, d
     a_val, b_val = evaluated["val"]
     best = min(RIDGE_ALPHAS, key=lambda alpha: float(np.mean((a_val @ ridge_fit(a, b, alpha) - b_val) ** 2)))
     w = ridge_fit(a, b, best)
-    return {name: metrics_numpy(_original(pre, x @ w), _original(pre, y)) for name, (x, y) in evaluated.items()}, best
+    return {name: metrics_numpy(to_original_units(pre, x @ w), to_original_units(pre, y)) for name, (x, y) in evaluated.items()}, best
 
 
 def detect_period(train: SequenceWindows, max_lag: int) -> int | None:
@@ -135,7 +135,7 @@ def sequence_baselines(train: SequenceWindows, splits: dict, pre: Preprocessing,
         results[name] = {}
         for split, ds in splits.items():
             pred, target = naive_predictions(ds, p, drift=drift, fallback=mean)
-            results[name][split] = metrics_numpy(_original(pre, pred), _original(pre, target))
+            results[name][split] = metrics_numpy(to_original_units(pre, pred), to_original_units(pre, target))
     results["ridge"], alpha = ridge_baseline(train, splits, pre)
     notes.append(f"ridge alpha chosen on validation: {alpha:g}")
     return results, notes
@@ -156,7 +156,7 @@ def tabular_baselines(train, splits: dict, pre: Preprocessing, seed: int) -> tup
     models = [HistGradientBoostingRegressor(random_state=seed, categorical_features=categorical if categorical.any() else None)
               .fit(features(train), train.y[:, t]) for t in range(train.y.shape[1])]
     results["gradient boosting"] = {
-        split: metrics_numpy(_original(pre, np.stack([m.predict(features(ds)) for m in models], axis=1)), _original(pre, ds.y.astype(np.float64)))
+        split: metrics_numpy(to_original_units(pre, np.stack([m.predict(features(ds)) for m in models], axis=1)), to_original_units(pre, ds.y.astype(np.float64)))
         for split, ds in splits.items()}
     return results, notes
 

@@ -44,6 +44,13 @@ class _CategoricalEmbedding(nn.Module):
         return self.table(codes + self.offsets)
 
 
+def _zero(*layers: nn.Linear | None) -> None:
+    for layer in layers:
+        if layer is not None:
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+
 def patches(x: Tensor, length: int, stride: int) -> Tensor:
     """``[b, W, C] -> [b, N, length, C]``: windows of ``length`` steps every ``stride``, the end padded by repeating
     the last step where the patches would not end on it (PatchTST)."""
@@ -95,10 +102,7 @@ class SequenceRegressor(nn.Module):
         if self.window_norm is not None or self.skip is not None:
             # start at the skip's least-squares fit (linear_init.py), or at the window's own centre (with ``last``:
             # the last-value forecast); training then fits what a linear forecast misses
-            for layer in (self.head[-1], self.skip):
-                if layer is not None:
-                    nn.init.zeros_(layer.weight)
-                    nn.init.zeros_(layer.bias)
+            _zero(self.head[-1], self.skip)
 
     def _tokens(self, x: Tensor, cats: Tensor | None) -> Tensor:
         """``[b, W, C]`` -> ``[b', N, D]`` (``b' = b * C`` with channel independence)."""
@@ -169,12 +173,9 @@ class TabularRegressor(nn.Module):
         self.encoder = Encoder(cfg)
         self.norm = make_norm(cfg) if cfg.norm_position == "post" else nn.Identity()
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets))
-        self.window_norm = None
         self.skip = nn.Linear(num_features, num_targets) if r.linear_skip and num_features else None  # None: off
         if self.skip is not None:  # start at the skip's ridge fit (linear_init.py); the transformer learns the rest
-            for layer in (self.head[-1], self.skip):
-                nn.init.zeros_(layer.weight)
-                nn.init.zeros_(layer.bias)
+            _zero(self.head[-1], self.skip)
         self._register_load_state_dict_pre_hook(_old_tabular_keys)
 
     def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .baselines import RIDGE_ALPHAS, ridge_fit
+from .baselines import RIDGE_ALPHAS, ridge_fit, to_original_units
 
 MAX_WINDOWS = 50_000  # a least-squares fit on more windows than this gains nothing; a seeded subset is used
 
@@ -47,12 +47,12 @@ def _back(model, pred: np.ndarray, stats) -> np.ndarray:
 
 
 @torch.no_grad()
-def fit_linear_skip(model, train, val, original_units, seed: int = 0) -> tuple[float, float]:
-    """Set ``model.skip`` to the ridge fit on ``train`` (alpha by ``val`` error through ``original_units``, a map of
-    ``[n, H*T]`` globally scaled values to original units); returns the alpha and that validation RMSE."""
+def fit_linear_skip(model, train, val, pre, seed: int = 0) -> tuple[float, float]:
+    """Set ``model.skip`` to the ridge fit on ``train`` (alpha by ``val`` error in original units, through ``pre``'s
+    target scaler); returns the alpha and that validation RMSE."""
     a, b, stats = _frame(model, train, MAX_WINDOWS, seed)
     a_val, b_val, stats_val = _frame(model, val)
-    truth = original_units(_back(model, b_val, stats_val))
+    truth = to_original_units(pre, _back(model, b_val, stats_val))
     H, T = model.horizon_steps, model.num_targets
     # an error in the normalised frame is ``scale`` times smaller than in the model's loss frame: weight each
     # window by scale² (per target), so the fit minimises the same squared error as training and the metrics
@@ -63,7 +63,7 @@ def fit_linear_skip(model, train, val, original_units, seed: int = 0) -> tuple[f
         return np.stack([ridge_fit(a * root[:, j:j + 1], b[:, j] * root[:, j], alpha) for j in range(H * T)], axis=1)
 
     def error(alpha: float) -> float:
-        pred = original_units(_back(model, a_val @ fit(alpha), stats_val))
+        pred = to_original_units(pre, _back(model, a_val @ fit(alpha), stats_val))
         return float(np.mean((pred - truth) ** 2))
 
     errors = {al: error(al) for al in RIDGE_ALPHAS if al > 0}  # alpha 0 is unstable on few windows

@@ -119,17 +119,11 @@ class RegressionTask(Task):
         if getattr(model, "skip", None) is not None:  # the linear part starts at its least-squares fit
             from .linear_init import fit_linear_skip
 
-            alpha, _ = fit_linear_skip(model, data.train, data.val, self._original_units(module), cfg.seed)
+            alpha, _ = fit_linear_skip(model, data.train, data.val, pre, cfg.seed)
             model.skip.requires_grad_(cfg.regressor.linear_skip_trainable)
             self.notes.append(f"linear skip fitted by ridge on the training windows (alpha {alpha:g})"
                               + ("" if cfg.regressor.linear_skip_trainable else ", kept fixed"))
         return module
-
-    @staticmethod
-    def _original_units(module):
-        import torch
-
-        return lambda scaled: module.original_units(torch.as_tensor(scaled)).numpy()
 
     def _choose_window_norm(self, cfg: RegressionRunConfig, data) -> str:
         """``regressor.window_norm: auto`` -> the frame whose least-squares linear forecast has the lowest validation
@@ -138,7 +132,6 @@ class RegressionTask(Task):
 
         from .h_transformer import regressor_for_run
         from .linear_init import fit_linear_skip
-        from .module import RegressionModule
 
         if not cfg.data.target_history:
             cfg.regressor.window_norm = "none"
@@ -146,9 +139,7 @@ class RegressionTask(Task):
         errors = {}
         for frame in ("none", "mean", "last"):
             trial = replace(cfg, regressor=replace(cfg.regressor, window_norm=frame, linear_skip=True))
-            model = regressor_for_run(trial, data.pre)
-            module = RegressionModule(model, data.pre, cfg.head, cfg.optim, max_steps=1, horizon_steps=cfg.data.horizon_steps)
-            errors[frame] = fit_linear_skip(model, data.train, data.val, self._original_units(module), cfg.seed)[1]
+            errors[frame] = fit_linear_skip(regressor_for_run(trial, data.pre), data.train, data.val, data.pre, cfg.seed)[1]
         best = min(errors, key=errors.get)
         cfg.regressor.window_norm = best
         scores = ", ".join(f"{k} {v:.4g}" for k, v in errors.items())
