@@ -37,7 +37,7 @@ class ModelAttentionConfig(AttentionConfig):
         """Keyword options for ``get_attention`` (everything but ``type``; unset MLA options left out)."""
         options = {f.name: getattr(self, f.name) for f in dataclasses.fields(AttentionConfig)}
         if self.type != "mla":
-            for name in ("kv_lora_rank", "q_lora_rank", "rope_head_dim", "v_head_dim"):
+            for name in ("kv_lora_rank", "q_lora_rank", "rope_head_dim", "v_head_dim", "mla_absorb"):
                 if options[name] is None:
                     del options[name]
         if self.type in ("mha", "mqa", "mla") and options["num_kv_heads"] is None:

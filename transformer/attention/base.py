@@ -127,8 +127,14 @@ class AttentionLayer(nn.Module):
             if not torch.compiler.is_compiling():  # a logger call inside a compiled graph is a graph break
                 log.debug("%s(backend=%s) dispatched to %s", type(self).__name__, self.backend, result.dispatch)
             self.last_dispatch = result.dispatch
-        out = self.out_proj(result.output.transpose(1, 2).reshape(b, s, -1))  # [b, s, h*d_v] -> [b, s, D]
+        out = self.merge_heads(result.output, cache)
         return (out, result.weights) if need_weights else out
+
+    def merge_heads(self, output: Tensor, cache: KVCache | None) -> Tensor:
+        """Attention output ``[b, h, s, d_v]`` -> ``[b, s, D]`` through the output projection. ``cache`` is
+        what :meth:`project` saw: MLA's absorbed decode (``mla.py``) up-projects its values here."""
+        b, _, s, _ = output.shape
+        return self.out_proj(output.transpose(1, 2).reshape(b, s, -1))  # [b, s, h*d_v] -> [b, s, D]
 
     def _score_bias(self, mask: AttentionMask | None, q_len: int, kv_len: int) -> Tensor | None:
         """``[1, h, s, L]`` additive bias for ALiBi / relative positions (queries are the last s keys)."""

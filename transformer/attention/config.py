@@ -17,6 +17,7 @@ from ..validation import choice, in_range, known_keys, positive_int
 POSITIONAL_SCHEMES = ("none", "rope", "alibi", "relative")
 BACKENDS = ("sdpa", "eager", "flex")
 ROPE_SCALINGS = ("linear", "ntk", "llama3")
+MLA_ABSORB = ("always", "never")
 
 
 @dataclass
@@ -74,6 +75,11 @@ class AttentionConfig:
     """MLA: width of the decoupled RoPE part of each query/key. ``None`` means ``head_dim // 2``."""
     v_head_dim: int | None = None
     """MLA: per-head value width. ``None`` means ``head_dim``."""
+    mla_absorb: str | None = None
+    """MLA with a KV cache: attend over the cached latent directly, with the key up-projection folded into the
+    query and the value up-projection applied after attention (DeepSeek-V2's absorbed decode). ``None``: when
+    the operation count says it is cheaper (decode steps and short chunks); ``always``; ``never`` (expand keys
+    and values from the latent, as in training)."""
     norm_eps: float = 1e-6
     """Epsilon of the RMS norms used by ``qk_norm`` and MLA's latent norms."""
     init_std: float = 0.02
@@ -87,6 +93,8 @@ class AttentionConfig:
         choice("attention backend", self.backend, BACKENDS)
         if self.rope_scaling is not None:
             choice("attention rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+        if self.mla_absorb is not None:
+            choice("attention mla_absorb", self.mla_absorb, MLA_ABSORB)
         in_range("attention dropout", self.dropout, 0.0, 1.0, high_open=True)
         in_range("attention rope_fraction", self.rope_fraction, 0.0, 1.0, low_open=True)
         in_range("attention rope_scaling_factor", self.rope_scaling_factor, 1.0)

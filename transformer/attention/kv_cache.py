@@ -2,8 +2,8 @@
 
 One class serves every attention type: it holds a tuple of buffers ``[b, n, max_seq_len, w]`` (the
 sequence is always dim -2) and appends along it. Grouped-query attention caches keys and values of
-its ``n_kv`` heads only (never the repeated ones); MLA caches its latent ``[b, 1, S, kv_lora_rank]``
-and its shared RoPE key ``[b, 1, S, rope_head_dim]``. ``length`` is the number of tokens cached so
+its ``n_kv`` heads only (never the repeated ones); MLA caches one stream ``[b, 1, S, kv_lora_rank +
+rope_head_dim]``: its latent and its shared RoPE key side by side. ``length`` is the number of tokens cached so
 far, i.e. the position of the next token, which is what RoPE, ALiBi and sliding windows need.
 """
 

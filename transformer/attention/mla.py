@@ -9,8 +9,20 @@ a rotation cannot be absorbed into the latent up-projection.
 ::
 
     x ──W_dq──> c_q ──norm──W_uq──> [q_nope | q_rope] ──RoPE(q_rope)
-    x ──W_dkv─> [c_kv | k_rope] ──RoPE(k_rope)          (cache: c_kv after norm, k_rope)
+    x ──W_dkv─> [c_kv | k_rope] ──RoPE(k_rope)          (cache: [c_kv after norm | k_rope], one stream)
                  c_kv ──W_ukv──> [k_nope | v] per head;  k = [k_nope | k_rope shared by all heads]
+
+**Absorbed decode.** Training expands ``c_kv`` into per-head keys and values. Decoding with a cache does not
+need to: for head ``i``, ``q_nope_i · k_nope_i = q_nope_i · (W_uk_i c) = (W_uk_i^T q_nope_i) · c``, and
+``Σ_j p_j W_uv_i c_j = W_uv_i Σ_j p_j c_j``. So the query is mapped into latent space once (``[b, h, s, r]``),
+all heads attend over the one cached stream ``[c_kv | k_rope]`` as a single shared key/value head (MQA over
+the latent; the value is the same tensor, its rope columns dropped after attention), and ``W_uv`` is applied
+to the ``[b, h, s, r]`` result. Nothing of size ``[b, h, L, d]`` is built per step. This costs
+``s·h·r·(d + d_v) + s·L·h·(2r + d_r)`` multiply-adds against ``L·h·r·(d + d_v) + s·L·h·(d + d_r + d_v)``
+expanded, so it is used (``mla_absorb=None``) when a cache is given and the query is shorter than
+``r (d + d_v) / (2r - d - d_v)`` tokens (every decode step; short prefill chunks), and never in training.
+A ``kv_up`` wrapped by adapters or holding quantized weights is always expanded (its weight is not one
+dense matrix).
 
 Without ``q_lora_rank`` queries come from one projection. Other positional schemes (``alibi``,
 ``relative``, ``none``) work too; then ``rope_head_dim`` is 0 and there is no decoupled key.
@@ -37,7 +49,8 @@ class MultiHeadLatentAttention(AttentionLayer):
     """``MultiHeadLatentAttention(embed_dim, num_heads, apply_causal_mask=False, **options)``.
 
     MLA options: ``kv_lora_rank`` (default ``4 * head_dim``), ``q_lora_rank`` (default: none),
-    ``rope_head_dim`` (default ``head_dim // 2`` with RoPE, else 0), ``v_head_dim`` (default ``head_dim``).
+    ``rope_head_dim`` (default ``head_dim // 2`` with RoPE, else 0), ``v_head_dim`` (default ``head_dim``),
+    ``mla_absorb`` (``None``: by operation count, ``always``, ``never``; see the module docstring).
     """
 
     attention_type = "mla"
@@ -82,22 +95,40 @@ class MultiHeadLatentAttention(AttentionLayer):
         self.kv_up = nn.Linear(self.kv_lora_rank, h * (d + self.v_head_dim), bias=False)  # [k_nope | v] per head
         self.out_proj = nn.Linear(h * self.v_head_dim, embed_dim, bias=config.bias)
         self._make_rotary(self.rope_head_dim, 1.0)
+        r, dv = self.kv_lora_rank, self.v_head_dim
+        excess = 2 * r - d - dv  # per query and key: what attending over the latent costs beyond expanded heads
+        self.absorb_below = math.inf if excess <= 0 else r * (d + dv) / excess
+        """Query lengths below this attend over the latent when a cache is given (``mla_absorb=None``)."""
         self.reset_parameters()
 
     @property
     def scale(self) -> float:
         return 1.0 / math.sqrt(self.head_dim + self.rope_head_dim)
 
+    def absorbs(self, s: int, cache: KVCache | None) -> bool:
+        """Whether ``s`` queries with ``cache`` take the absorbed path (module docstring)."""
+        mode = self.config.mla_absorb
+        if cache is None or mode == "never" or type(self.kv_up) is not nn.Linear:
+            return False
+        if type(self.kv_up.weight) not in (torch.Tensor, nn.Parameter):  # a quantized tensor subclass
+            return False
+        return mode == "always" or s < self.absorb_below
+
+    def _up_weights(self) -> tuple[Tensor, Tensor]:
+        """``W_uk`` ``[h, d, r]`` and ``W_uv^T`` ``[h, r, d_v]``: views of ``kv_up.weight`` ``[h * (d + d_v), r]``."""
+        w = self.kv_up.weight.view(self.num_heads, self.head_dim + self.v_head_dim, self.kv_lora_rank)
+        return w[:, : self.head_dim], w[:, self.head_dim :].transpose(1, 2)
+
     def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
         b, s, _ = x.shape
         h, d, d_r, d_v, r = self.num_heads, self.head_dim, self.rope_head_dim, self.v_head_dim, self.kv_lora_rank
         q = self.q_up(self.q_norm(self.q_down(x))) if self.q_lora_rank else self.q_proj(x)
-        q = q.view(b, s, h, d + d_r).transpose(1, 2)  # [b, h, s, d + d_r]
+        q_nope, q_rope = q.view(b, s, h, d + d_r).transpose(1, 2).split([d, d_r], dim=-1)  # [b, h, s, d], [b, h, s, d_r]
         if rope is not None:
-            q = torch.cat((q[..., :d], apply_rotary(q[..., d:], *rope)), dim=-1)
+            q_rope = apply_rotary(q_rope, *rope)
 
         if memory is not None and cache is not None and cache.length > 0:
-            latent, k_rope = cache.cached()  # cross-attention: the memory's latent was cached on the first step
+            (stream,) = cache.cached()  # cross-attention: the memory's latent was cached on the first step
         else:
             source = x if memory is None else memory
             latent, k_rope = self.kv_down(source).split([r, d_r], dim=-1)  # [b, m, r], [b, m, d_r]
@@ -105,17 +136,34 @@ class MultiHeadLatentAttention(AttentionLayer):
             k_rope = k_rope[:, None]  # [b, 1, m, d_r]: one rope key shared by every head
             if rope is not None:
                 k_rope = apply_rotary(k_rope, *rope)
+            stream = torch.cat((latent, k_rope), dim=-1) if d_r else latent  # [b, 1, m, r + d_r]
             if cache is not None:
-                latent, k_rope = cache.update(latent, k_rope)  # [b, 1, L, r], [b, 1, L, d_r]
-        L = latent.shape[-2]
+                (stream,) = cache.update(stream)  # [b, 1, L, r + d_r]
+        L = stream.shape[-2]
+        if self.absorbs(s, cache):
+            w_uk, _ = self._up_weights()
+            q_latent = torch.matmul(q_nope, w_uk)  # [b, h, s, d] @ [h, d, r] -> [b, h, s, r]
+            q = torch.cat((q_latent, q_rope), dim=-1) if d_r else q_latent  # [b, h, s, r + d_r]
+            return q, stream, stream  # one shared key/value head; merge_heads drops the value's rope columns
+        latent, k_rope = stream.split([r, d_r], dim=-1)  # [b, 1, L, r], [b, 1, L, d_r]
         kv = self.kv_up(latent[:, 0]).view(b, L, h, d + d_v).transpose(1, 2)  # [b, h, L, d + d_v]
         k_nope, v = kv.split([d, d_v], dim=-1)
+        q = torch.cat((q_nope, q_rope), dim=-1) if d_r else q_nope  # [b, h, s, d + d_r]
         k = torch.cat((k_nope, k_rope.expand(b, h, L, d_r)), dim=-1) if d_r else k_nope  # [b, h, L, d + d_r]
         return q, k, v
 
+    def merge_heads(self, output: Tensor, cache: KVCache | None) -> Tensor:
+        """Absorbed path: ``output`` ``[b, h, s, r + d_r]`` is attention over the latent stream; keep its latent
+        columns and apply ``W_uv`` per head -> ``[b, h, s, d_v]`` before the output projection."""
+        if self.absorbs(output.shape[-2], cache):
+            _, w_uv_t = self._up_weights()
+            output = torch.matmul(output[..., : self.kv_lora_rank], w_uv_t)  # [b, h, s, r] @ [h, r, d_v]
+        return super().merge_heads(output, cache)
+
     def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None) -> KVCache:
-        """Cache of the normalised latent and the shared rope key: ``r + d_r`` numbers per token."""
-        return KVCache(batch_size, max_seq_len, [(1, self.kv_lora_rank), (1, self.rope_head_dim)], dtype=dtype, device=device)
+        """One stream ``[c_kv | k_rope]`` (normalised latent, shared rope key): ``r + d_r`` numbers per token. One
+        buffer, so the absorbed path reads it as key and value without a copy."""
+        return KVCache(batch_size, max_seq_len, [(1, self.kv_lora_rank + self.rope_head_dim)], dtype=dtype, device=device)
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
         return (self.kv_lora_rank + self.rope_head_dim) * torch.empty((), dtype=dtype).element_size()

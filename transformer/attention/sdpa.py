@@ -90,6 +90,8 @@ def sdpa_attention(query, key, value, mask, bias, *, scale, dropout_p=0.0, need_
             query, key = F.pad(query, (0, d_v - d_qk)), F.pad(key, (0, d_v - d_qk))
         result = sdpa_attention(query, key, value, mask, bias, scale=scale, dropout_p=dropout_p)
         return AttentionResult(result.output[..., :d_v], None, result.dispatch + "+pad")
+    if groups > 1 and query.shape[2] == 1:
+        return _one_query_grouped(query, key, value, mask, bias, scale=scale, dropout_p=dropout_p)
     if bias is None and (mask is None or mask.is_empty):
         return AttentionResult(F.scaled_dot_product_attention(query, key, value, **kwargs), None, "sdpa:no_mask")
     if bias is None and mask.is_plain_causal:
@@ -104,6 +106,32 @@ def sdpa_attention(query, key, value, mask, bias, *, scale, dropout_p=0.0, need_
             attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
         dispatch = "sdpa:float_bias"
     out = F.scaled_dot_product_attention(query, key, value, attn_mask=attn_mask, **kwargs)
+    if mask is not None:
+        out = mask.zero_empty_rows(out)
+    return AttentionResult(out, None, dispatch)
+
+
+def _one_query_grouped(query, key, value, mask, bias, *, scale, dropout_p) -> AttentionResult:
+    """A decode step (one query per head) with grouped heads: the ``g`` query heads that share a key/value
+    head become ``g`` query rows of that head, ``[b, h, 1, d] -> [b, n_kv, g, d]``. Exact, because masks have
+    no head dimension and one query row per head; the kernel then reads each key/value head once instead of
+    once per query head (``enable_gqa`` on CPU: 2.4x slower for MLA's absorbed decode at 512 cached tokens,
+    ``bench/RESULTS.md``)."""
+    b, h, _, d = query.shape
+    n_kv = key.shape[1]
+    allowed = None if mask is None or mask.is_empty else mask.kernel_mask  # [b|1, 1, 1, k]
+    if bias is None:
+        attn_mask, dispatch = allowed, "sdpa:grouped_rows" + ("" if allowed is None else "+bool_mask")
+    else:
+        attn_mask = bias.to(query.dtype)  # [1|b, h|1, 1, k]
+        if attn_mask.shape[1] == h:
+            attn_mask = attn_mask.reshape(attn_mask.shape[0], n_kv, h // n_kv, attn_mask.shape[-1])  # heads -> rows
+        if allowed is not None:
+            attn_mask = attn_mask.masked_fill(~allowed, float("-inf"))
+        dispatch = "sdpa:grouped_rows+float_bias"
+    out = F.scaled_dot_product_attention(query.reshape(b, n_kv, h // n_kv, d), key, value, attn_mask=attn_mask,
+                                         dropout_p=dropout_p, scale=scale)
+    out = out.reshape(b, h, 1, value.shape[-1])
     if mask is not None:
         out = mask.zero_empty_rows(out)
     return AttentionResult(out, None, dispatch)

@@ -87,6 +87,6 @@ def test_fast_paths_are_kept():
     cache = cache_layer.new_cache(1, 16)
     cache_layer(torch.randn(1, 5, 32), cache=cache)
     cache_layer(torch.randn(1, 1, 32), cache=cache)  # one query after all cached keys: nothing to mask
-    assert cache_layer.last_dispatch == "sdpa:no_mask"
+    assert cache_layer.last_dispatch == "sdpa:grouped_rows"  # no mask; query heads folded into rows of their kv head
     cache_layer(torch.randn(1, 3, 32), cache=cache)  # a chunk against the cache: bottom-right causal mask
     assert cache_layer.last_dispatch == "sdpa:bool_mask"
