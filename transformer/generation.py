@@ -37,6 +37,25 @@ def sample_next(logits: Tensor, *, temperature: float, top_k: int | None, top_p:
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
+def prefill(model: nn.Module, input_ids: Tensor, caches, attention_mask: Tensor | None = None, chunk: int | None = None) -> Tensor:
+    """Run ``input_ids`` ``[b, s]`` through the model, appending to ``caches``; returns the last position's
+    logits ``[b, V]``.
+
+    With ``chunk``, the tokens go in slices of ``chunk``: each attends to the cache so far plus itself
+    (bottom-right causal), which is exactly what one pass computes, but activations and attention scores
+    are ``[b, chunk, ...]`` instead of ``[b, s, ...]``, so a long prompt's peak memory is bounded by the
+    chunk (``bench/generate.py`` measures it). ``attention_mask`` ``[b, cached + s]`` covers the cached keys
+    too, as for any call with a cache."""
+    s = input_ids.shape[1]
+    chunk = s if chunk is None else chunk
+    done = 0 if attention_mask is None else attention_mask.shape[1] - s  # keys already in the cache
+    for begin in range(0, s, chunk):
+        end = min(begin + chunk, s)
+        mask = None if attention_mask is None else attention_mask[:, : done + end]
+        logits = model(input_ids[:, begin:end], attention_mask=mask, caches=caches, num_logits=1).logits[:, -1]
+    return logits
+
+
 def _check(max_new_tokens: int, temperature: float, top_k: int | None, top_p: float | None) -> None:
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1")
@@ -63,15 +82,26 @@ def generate(
     pad_token_id: int | None = None,
     generator: torch.Generator | None = None,
     slide: bool = False,
+    prefill_chunk: int | None = None,
+    cache: str = "contiguous",
+    cache_options: dict | None = None,
 ) -> Tensor:
     """Extend ``input_ids`` ``[b, s]`` by up to ``max_new_tokens``; returns ``[b, s + n]``.
 
     Sequences that produced ``eos_token_id`` (one id, or several: end of text and end of turn) are padded
     (with ``pad_token_id``, else the first EOS id) until all are done. Asking for more than
     ``model.cfg.max_seq_len`` positions in total is an error before any work, never a silent wrap-around,
-    unless ``slide`` (see the module docstring).
+    unless ``slide`` (see the module docstring). ``prefill_chunk``: feed the prompt through the cache
+    ``prefill_chunk`` tokens at a time (:func:`prefill`). ``cache``: the KV cache kind (``contiguous``,
+    ``paged``, ``int8``, ``int4``; ``transformer.attention.cache_kinds``) with ``cache_options`` (``block_size``;
+    ``group_size``, ``residual``). Contiguous and paged give the same tokens; int8 / int4 trade a small error
+    for memory.
     """
     _check(max_new_tokens, temperature, top_k, top_p)
+    if prefill_chunk is not None and (isinstance(prefill_chunk, bool) or not isinstance(prefill_chunk, int) or prefill_chunk < 1):
+        raise ValueError(f"prefill_chunk={prefill_chunk!r} must be a positive number of tokens (or None: the whole prompt at once)")
+    if prefill_chunk is not None and not use_cache:
+        raise ValueError("prefill_chunk needs the KV cache (use_cache=True): without it every step re-reads the whole sequence")
     b, s = input_ids.shape
     limit = model.cfg.max_seq_len
     if s + max_new_tokens > limit and not slide:
@@ -84,7 +114,14 @@ def generate(
         # Without padding there is nothing to mask beyond causality: pass no mask at all (fast path).
         mask = None if attention_mask is None or bool(attention_mask.all()) else attention_mask.to(input_ids.dtype)
         start = s - keep if s > limit else 0  # the window is tokens[:, start:]
-        caches = model.new_caches(b, min(s + max_new_tokens, limit)) if use_cache else None
+        if not use_cache and (cache != "contiguous" or cache_options):
+            raise ValueError(f"cache={cache!r} needs the KV cache (use_cache=True)")
+
+        def new_caches(window_mask: Tensor | None, length: int):
+            starts = None if window_mask is None else (window_mask == 0).long().cumprod(dim=1).sum(dim=1)  # left padding per row
+            return model.new_caches(b, length, kind=cache, row_starts=starts, **(cache_options or {}))
+
+        caches = new_caches(None if mask is None else mask[:, start:], min(s + max_new_tokens, limit)) if use_cache else None
         tokens, step_input = input_ids, input_ids[:, start:]
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         stops = None
@@ -95,10 +132,10 @@ def generate(
             if tokens.shape[1] - start > limit:  # the window is full: slide it and re-encode from position 0
                 start = tokens.shape[1] - keep
                 step_input = tokens[:, start:]
-                caches = model.new_caches(b, limit) if use_cache else None
+                caches = new_caches(None if mask is None else mask[:, start:], limit) if use_cache else None
             window_mask = None if mask is None else mask[:, start:]
             if use_cache:
-                logits = model(step_input, attention_mask=window_mask, caches=caches, num_logits=1).logits[:, -1]
+                logits = prefill(model, step_input, caches, window_mask, prefill_chunk)
             else:
                 logits = model(tokens[:, start:], attention_mask=window_mask, num_logits=1).logits[:, -1]
             next_token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)

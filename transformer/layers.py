@@ -13,7 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attention import AttentionMask, KVCache, get_attention, sinusoidal_table
+from .attention import AttentionMask, get_attention, sinusoidal_table
+from .attention.kv_cache import CacheBase
 from .config import ModelConfig
 from .fused_ops import RMSNorm, swiglu_mlp
 
@@ -100,8 +101,8 @@ class StackContext:
 class LayerCache:
     """Per-block decoding state: self-attention cache, and the cross-attention cache of the memory."""
 
-    self_attn: KVCache
-    cross_attn: KVCache | None = None
+    self_attn: CacheBase
+    cross_attn: CacheBase | None = None
 
 
 class TransformerBlock(nn.Module):

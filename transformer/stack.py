@@ -80,8 +80,11 @@ class TransformerStack(nn.Module):
                 aux_total = aux if aux_total is None else aux_total + aux
         return StackOutput(self.final_norm(x), aux_total)
 
-    def new_caches(self, batch_size: int, max_seq_len: int, *, memory_len: int | None = None, dtype=torch.float32, device=None) -> list[LayerCache]:
-        """One :class:`LayerCache` per block (with a cross-attention cache of ``memory_len`` if cross)."""
+    def new_caches(self, batch_size: int, max_seq_len: int, *, memory_len: int | None = None, dtype=torch.float32, device=None,
+                   kind: str = "contiguous", **options) -> list[LayerCache]:
+        """One :class:`LayerCache` per block (with a cross-attention cache of ``memory_len`` if cross). ``kind`` /
+        ``options`` choose the self-attention caches (``transformer.attention.cache_kinds``); the memory's
+        cross-attention cache is written once and stays contiguous."""
         caches = []
         for block in self.blocks:
             cross = None
@@ -89,7 +92,8 @@ class TransformerStack(nn.Module):
                 if memory_len is None:
                     raise ValueError("this stack has cross-attention: new_caches needs memory_len")
                 cross = block.cross_attn.new_cache(batch_size, memory_len, dtype=dtype, device=device)
-            caches.append(LayerCache(block.attn.new_cache(batch_size, max_seq_len, dtype=dtype, device=device), cross))
+            own = block.attn.new_cache(batch_size, max_seq_len, dtype=dtype, device=device, kind=kind, **options)
+            caches.append(LayerCache(own, cross))
         return caches
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:

@@ -147,9 +147,12 @@ class TransformerLM(nn.Module, _Reports):
             loss, count = lm_loss(logits, targets)
         return LMOutput(logits, loss, out.aux_loss, count)
 
-    def new_caches(self, batch_size: int, max_seq_len: int, *, dtype=None, device=None) -> list[LayerCache]:
+    def new_caches(self, batch_size: int, max_seq_len: int, *, dtype=None, device=None, kind: str = "contiguous",
+                   **options) -> list[LayerCache]:
+        """Per-layer KV caches; ``kind``: contiguous, paged, int8 or int4 (``transformer.attention.cache_kinds``)."""
         weight = self.embed.tokens.weight  # never adapted or quantised: the model's dtype and device
-        return self.decoder.new_caches(batch_size, max_seq_len, dtype=dtype or weight.dtype, device=device or weight.device)
+        return self.decoder.new_caches(batch_size, max_seq_len, dtype=dtype or weight.dtype, device=device or weight.device,
+                                       kind=kind, **options)
 
 
 class EncoderModel(nn.Module, _Reports):

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from transformer.generation import generate, sample_next
+from transformer.generation import generate, prefill, sample_next
 from transformer.transformer_model import build_model
 
 from .test_models import tiny
@@ -89,3 +89,42 @@ def test_sampling_filters():
     assert set(sample_next(logits, temperature=1.0, top_k=2, top_p=None, generator=g).tolist()) == {2, 3}
     assert set(sample_next(logits, temperature=1.0, top_k=None, top_p=0.5, generator=g).tolist()) == {3}
     assert (sample_next(logits, temperature=0, top_k=None, top_p=None, generator=g) == 3).all()
+
+
+@pytest.mark.parametrize("window", [None, 4])
+@pytest.mark.parametrize("positional", ["rope", "alibi", "relative", "none"])
+@pytest.mark.parametrize("attention_type", ["mha", "mqa", "gqa", "mla"])
+def test_chunked_prefill_equals_one_shot(attention_type, positional, window):
+    """The prompt fed in chunks (with left padding) leaves the same cache and the same next-token logits."""
+    overrides = {"position": "learned"} if positional == "none" else {}
+    model = build_model(tiny("lm", attention_type, attention={"positional": positional, "sliding_window": window}, **overrides)).eval()
+    prompts = torch.randint(1, 97, (2, 11))
+    mask = torch.ones(2, 11, dtype=torch.long)
+    mask[1, :4] = 0
+    nxt = torch.randint(1, 97, (2, 1))
+    full_mask = torch.cat([mask, torch.ones(2, 1, dtype=torch.long)], dim=1)
+    with torch.no_grad():
+        caches = model.new_caches(2, 12)
+        want = prefill(model, prompts, caches, mask)
+        want_next = model(nxt, attention_mask=full_mask, caches=caches, num_logits=1).logits[:, -1]
+        for chunk in (1, 3, 5, 11, 64):
+            caches = model.new_caches(2, 12)
+            torch.testing.assert_close(prefill(model, prompts, caches, mask, chunk), want, atol=1e-5, rtol=1e-4)
+            got_next = model(nxt, attention_mask=full_mask, caches=caches, num_logits=1).logits[:, -1]
+            torch.testing.assert_close(got_next, want_next, atol=1e-5, rtol=1e-4)
+
+
+def test_generate_with_prefill_chunk_gives_the_same_tokens_and_checks_it():
+    model = build_model(tiny("lm", "gqa"))
+    prompts = torch.randint(1, 97, (2, 20))
+    one_shot = generate(model, prompts, 8, temperature=0)
+    lengths = []
+    hook = model.register_forward_pre_hook(lambda module, args: lengths.append(args[0].shape[1]))
+    assert torch.equal(generate(model, prompts, 8, temperature=0, prefill_chunk=6), one_shot)
+    hook.remove()
+    assert lengths == [6, 6, 6, 2] + [1] * 7  # the prompt in chunks, then one token per step
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match="prefill_chunk"):
+            generate(model, prompts, 8, prefill_chunk=bad)
+    with pytest.raises(ValueError, match="use_cache"):
+        generate(model, prompts, 8, prefill_chunk=4, use_cache=False)

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .config import AttentionConfig
-from .kv_cache import KVCache
+from .kv_cache import CacheBase
 from .masks import AttentionMask, resolve_mask
 from .positional import ALiBi, RelativePositionBias, RotaryEmbedding
 from .sdpa import ATTENTION_BACKENDS
@@ -63,12 +63,21 @@ class AttentionLayer(nn.Module):
             )
 
     # ------------------------------------------------------------------ to be provided by subclasses
-    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: CacheBase | None) -> tuple[Tensor, Tensor, Tensor]:
         """-> q ``[b, h, s, d_qk]``, k ``[b, n_kv|h, L, d_qk]``, v ``[b, n_kv|h, L, d_v]`` (cache applied)."""
         raise NotImplementedError
 
-    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None) -> KVCache:
+    def cache_streams(self) -> list[tuple[int, int]]:
+        """What one cached token holds: ``[(heads, width), ...]`` per stream (keys and values, or MLA's latent)."""
         raise NotImplementedError
+
+    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None, kind: str = "contiguous",
+                  **options) -> CacheBase:
+        """A cache of :meth:`cache_streams` for ``batch_size`` rows of up to ``max_seq_len`` tokens; ``kind`` and
+        ``options`` as in :func:`~.cache_kinds.new_kv_cache` (contiguous, paged, int8, int4)."""
+        from .cache_kinds import new_kv_cache  # the cache kinds import nothing from the layers
+
+        return new_kv_cache(kind, batch_size, max_seq_len, self.cache_streams(), dtype=dtype, device=device, **options)
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
         raise NotImplementedError
@@ -84,7 +93,7 @@ class AttentionLayer(nn.Module):
         memory: Tensor | None = None,
         *,
         attention_mask: AttentionMask | Tensor | None = None,
-        cache: KVCache | None = None,
+        cache: CacheBase | None = None,
         rope: Rope | None = None,
         need_weights: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
@@ -130,7 +139,7 @@ class AttentionLayer(nn.Module):
         out = self.merge_heads(result.output, cache)
         return (out, result.weights) if need_weights else out
 
-    def merge_heads(self, output: Tensor, cache: KVCache | None) -> Tensor:
+    def merge_heads(self, output: Tensor, cache: CacheBase | None) -> Tensor:
         """Attention output ``[b, h, s, d_v]`` -> ``[b, s, D]`` through the output projection. ``cache`` is
         what :meth:`project` saw: MLA's absorbed decode (``mla.py``) up-projects its values here."""
         b, _, s, _ = output.shape

@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from ..fused_ops import RMSNorm, is_plain_linear
 from .base import AttentionLayer, Rope
 from .config import AttentionConfig, merge_alias
-from .kv_cache import KVCache
+from .kv_cache import CacheBase
 from .positional import apply_rotary, rotary_qkv
 
 
@@ -58,7 +58,7 @@ class GroupQueryAttention(AttentionLayer):
         self._make_rotary(d, config.rope_fraction)
         self.reset_parameters()
 
-    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: CacheBase | None) -> tuple[Tensor, Tensor, Tensor]:
         if memory is not None:
             return self._project_cross(x, memory, cache)
         b, s, _ = x.shape
@@ -81,7 +81,7 @@ class GroupQueryAttention(AttentionLayer):
             k, v = cache.update(k, v)  # [b, n_kv, L, d]
         return q, k, v
 
-    def _project_cross(self, x: Tensor, memory: Tensor, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+    def _project_cross(self, x: Tensor, memory: Tensor, cache: CacheBase | None) -> tuple[Tensor, Tensor, Tensor]:
         """Queries from ``x``, keys/values from ``memory`` through slices of the same fused weight."""
         b, s, _ = x.shape
         n_kv, d = self.num_kv_heads, self.head_dim
@@ -108,10 +108,9 @@ class GroupQueryAttention(AttentionLayer):
         q = q.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)  # [b, h, s, d]
         return q if self.q_norm is None else self.q_norm(q)
 
-    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None) -> KVCache:
-        """Cache of ``n_kv`` key and value heads: ``2 * n_kv * d`` numbers per token."""
-        stream = (self.num_kv_heads, self.head_dim)
-        return KVCache(batch_size, max_seq_len, [stream, stream], dtype=dtype, device=device)
+    def cache_streams(self) -> list[tuple[int, int]]:
+        """Keys and values of the ``n_kv`` heads only (never the repeated ones): ``2 * n_kv * d`` numbers per token."""
+        return [(self.num_kv_heads, self.head_dim)] * 2
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
         return 2 * self.num_kv_heads * self.head_dim * torch.empty((), dtype=dtype).element_size()

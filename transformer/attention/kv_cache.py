@@ -15,7 +15,37 @@ import torch
 from torch import Tensor
 
 
-class KVCache:
+class CacheBase:
+    """What every cache kind shares (contiguous here; quantized and paged in their own modules): a
+    capacity, the number of tokens cached so far (``length``: the position of the next token) and the
+    checks on what is appended. ``update(*new)`` appends ``[b, n_i, s, w_i]`` per stream and returns
+    ``[b, n_i, length, w_i]`` tensors the attention kernels can read; ``cached()`` returns them without
+    appending."""
+
+    def __init__(self, batch_size: int, max_seq_len: int) -> None:
+        if batch_size < 1 or max_seq_len < 1:
+            raise ValueError(f"KV cache needs batch_size >= 1 and max_seq_len >= 1, got {batch_size}, {max_seq_len}")
+        self.max_seq_len = max_seq_len
+        self.length = 0
+
+    def _check_update(self, new: Sequence[Tensor], streams: Sequence[tuple[int, int]]) -> int:
+        """Validate one ``update``; return the number of new tokens."""
+        if len(new) != len(streams):
+            raise ValueError(f"KV cache holds {len(streams)} streams, update got {len(new)}")
+        s = new[0].shape[-2]
+        if self.length + s > self.max_seq_len:
+            raise ValueError(f"KV cache is full: {self.length} cached + {s} new tokens exceeds max_seq_len={self.max_seq_len}")
+        for (n, w), tensor in zip(streams, new):
+            if tensor.dim() != 4 or tensor.shape[0] != self.batch_size or tensor.shape[1] != n or tensor.shape[3] != w:
+                raise ValueError(f"KV cache stream [{self.batch_size}, {n}, S, {w}] cannot take a tensor of shape {tuple(tensor.shape)}")
+        return s
+
+    def used_bytes(self) -> int:
+        """Bytes the cached tokens need at this cache's bytes per token (all rows)."""
+        return self.length * self.batch_size * self.bytes_per_token()
+
+
+class KVCache(CacheBase):
     """Buffers ``[b, n_i, max_seq_len, w_i]`` filled left to right; ``update`` returns the filled part."""
 
     def __init__(
@@ -27,11 +57,8 @@ class KVCache:
         dtype: torch.dtype = torch.float32,
         device: torch.device | str | None = None,
     ) -> None:
-        if batch_size < 1 or max_seq_len < 1:
-            raise ValueError(f"KVCache needs batch_size >= 1 and max_seq_len >= 1, got {batch_size}, {max_seq_len}")
-        self.max_seq_len = max_seq_len
+        super().__init__(batch_size, max_seq_len)
         self.buffers = tuple(torch.zeros(batch_size, n, max_seq_len, w, dtype=dtype, device=device) for n, w in streams)
-        self.length = 0
 
     @property
     def batch_size(self) -> int:
@@ -39,19 +66,9 @@ class KVCache:
 
     def update(self, *new: Tensor) -> tuple[Tensor, ...]:
         """Append ``new[i]`` ``[b, n_i, s, w_i]``; return views ``[b, n_i, length, w_i]`` of everything cached."""
-        if len(new) != len(self.buffers):
-            raise ValueError(f"KVCache holds {len(self.buffers)} streams, update got {len(new)}")
-        s = new[0].shape[-2]
+        s = self._check_update(new, [(b.shape[1], b.shape[3]) for b in self.buffers])
         end = self.length + s
-        if end > self.max_seq_len:
-            raise ValueError(
-                f"KVCache is full: {self.length} cached + {s} new tokens exceeds max_seq_len={self.max_seq_len}"
-            )
         for buffer, tensor in zip(self.buffers, new):
-            if tensor.shape[0] != buffer.shape[0] or tensor.shape[1] != buffer.shape[1] or tensor.shape[3] != buffer.shape[3]:
-                raise ValueError(
-                    f"KVCache stream shape {tuple(buffer.shape)} cannot take a tensor of shape {tuple(tensor.shape)}"
-                )
             buffer[:, :, self.length : end] = tensor
         self.length = end
         return tuple(buffer[:, :, :end] for buffer in self.buffers)
@@ -70,3 +87,7 @@ class KVCache:
     def bytes_per_token(self) -> int:
         """Bytes one more token costs this cache (all streams, one layer)."""
         return sum(b.shape[1] * b.shape[3] * b.element_size() for b in self.buffers)
+
+    def allocated_bytes(self) -> int:
+        """Bytes this cache holds (every row preallocated to ``max_seq_len``)."""
+        return sum(b.numel() * b.element_size() for b in self.buffers)

@@ -41,7 +41,7 @@ from torch import Tensor, nn
 from ..fused_ops import RMSNorm
 from .base import AttentionLayer, Rope
 from .config import AttentionConfig
-from .kv_cache import KVCache
+from .kv_cache import CacheBase
 from .positional import apply_rotary
 
 
@@ -105,7 +105,7 @@ class MultiHeadLatentAttention(AttentionLayer):
     def scale(self) -> float:
         return 1.0 / math.sqrt(self.head_dim + self.rope_head_dim)
 
-    def absorbs(self, s: int, cache: KVCache | None) -> bool:
+    def absorbs(self, s: int, cache: CacheBase | None) -> bool:
         """Whether ``s`` queries with ``cache`` take the absorbed path (module docstring)."""
         mode = self.config.mla_absorb
         if cache is None or mode == "never" or type(self.kv_up) is not nn.Linear:
@@ -119,7 +119,7 @@ class MultiHeadLatentAttention(AttentionLayer):
         w = self.kv_up.weight.view(self.num_heads, self.head_dim + self.v_head_dim, self.kv_lora_rank)
         return w[:, : self.head_dim], w[:, self.head_dim :].transpose(1, 2)
 
-    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: KVCache | None) -> tuple[Tensor, Tensor, Tensor]:
+    def project(self, x: Tensor, memory: Tensor | None, rope: Rope | None, cache: CacheBase | None) -> tuple[Tensor, Tensor, Tensor]:
         b, s, _ = x.shape
         h, d, d_r, d_v, r = self.num_heads, self.head_dim, self.rope_head_dim, self.v_head_dim, self.kv_lora_rank
         q = self.q_up(self.q_norm(self.q_down(x))) if self.q_lora_rank else self.q_proj(x)
@@ -152,7 +152,7 @@ class MultiHeadLatentAttention(AttentionLayer):
         k = torch.cat((k_nope, k_rope.expand(b, h, L, d_r)), dim=-1) if d_r else k_nope  # [b, h, L, d + d_r]
         return q, k, v
 
-    def merge_heads(self, output: Tensor, cache: KVCache | None) -> Tensor:
+    def merge_heads(self, output: Tensor, cache: CacheBase | None) -> Tensor:
         """Absorbed path: ``output`` ``[b, h, s, r + d_r]`` is attention over the latent stream; keep its latent
         columns and apply ``W_uv`` per head -> ``[b, h, s, d_v]`` before the output projection."""
         if self.absorbs(output.shape[-2], cache):
@@ -160,10 +160,10 @@ class MultiHeadLatentAttention(AttentionLayer):
             output = torch.matmul(output[..., : self.kv_lora_rank], w_uv_t)  # [b, h, s, r] @ [h, r, d_v]
         return super().merge_heads(output, cache)
 
-    def new_cache(self, batch_size: int, max_seq_len: int, *, dtype=torch.float32, device=None) -> KVCache:
+    def cache_streams(self) -> list[tuple[int, int]]:
         """One stream ``[c_kv | k_rope]`` (normalised latent, shared rope key): ``r + d_r`` numbers per token. One
         buffer, so the absorbed path reads it as key and value without a copy."""
-        return KVCache(batch_size, max_seq_len, [(1, self.kv_lora_rank + self.rope_head_dim)], dtype=dtype, device=device)
+        return [(1, self.kv_lora_rank + self.rope_head_dim)]
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
         return (self.kv_lora_rank + self.rope_head_dim) * torch.empty((), dtype=dtype).element_size()
