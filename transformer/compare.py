@@ -121,10 +121,10 @@ NOISY_SPREAD = 0.25  # (max - min) / median of a run's decode rounds above this:
 
 @torch.inference_mode()
 def decode_speeds(checkpoints: list[Path | None], *, prompt_len: int = 16, new_tokens: int = 64,
-                  rounds: int = 5) -> list[dict | None]:
-    """Decode tokens/s of each checkpoint (batch 1, greedy, KV cache), measured in interleaved rounds (run A,
-    B, C, then A, B, C again ...) so a machine that gets busier part-way slows every run alike. Returns the
-    median and the spread ``(max - min) / median`` over the rounds (None where there is no checkpoint)."""
+                  rounds: int = 5, cache: str = "contiguous") -> list[dict | None]:
+    """Decode tokens/s of each checkpoint (batch 1, greedy, KV cache of kind ``cache``), measured in interleaved
+    rounds (run A, B, C, then A, B, C again ...) so a machine that gets busier part-way slows every run alike.
+    Returns the median and the spread ``(max - min) / median`` over the rounds (None where there is no checkpoint)."""
     from .generation import generate
     from .training.weights import load_model
 
@@ -135,17 +135,39 @@ def decode_speeds(checkpoints: list[Path | None], *, prompt_len: int = 16, new_t
         model, _ = load_model(path)
         n = min(new_tokens, model.cfg.max_seq_len - prompt_len)
         prompt = torch.randint(0, model.cfg.vocab_size, (1, prompt_len), generator=torch.Generator().manual_seed(0))
-        generate(model, prompt, 4, temperature=0)  # warm-up
+        generate(model, prompt, 4, temperature=0, cache=cache)  # warm-up
         jobs[i] = (model, prompt, n, [])
     for _ in range(rounds):
         for model, prompt, n, speeds in jobs.values():
             t0 = time.perf_counter()
-            generate(model, prompt, n, temperature=0)
+            generate(model, prompt, n, temperature=0, cache=cache)
             speeds.append(n / (time.perf_counter() - t0))
     out: list[dict | None] = [None] * len(checkpoints)
     for i, (_, _, _, speeds) in jobs.items():
         median = statistics.median(speeds)
         out[i] = {"median": median, "spread": (max(speeds) - min(speeds)) / median, "rounds": len(speeds)}
+    return out
+
+
+def cache_kind_figures(checkpoint: Path, kinds: list[str], *, eval_batches: int | None = None) -> dict:
+    """Per cache kind: KV bytes per token (all layers) and validation perplexity with the split read through
+    that cache (``transformer.training.evaluate.validation_loss``), with its change against the contiguous
+    cache measured the same way."""
+    from .training.checkpoint_io import read_checkpoint
+    from .training.checkpoint_keys import RUN_CONFIG
+    from .training.config import run_config_from_dict
+    from .training.evaluate import validation_loss
+    from .training.weights import load_model
+
+    model, _ = load_model(checkpoint)
+    run_cfg = run_config_from_dict(read_checkpoint(checkpoint)[RUN_CONFIG])
+    losses = {kind: validation_loss(model, run_cfg, cache=kind, max_batches=eval_batches) for kind in dict.fromkeys(["contiguous", *kinds])}
+    out = {}
+    for kind in kinds:
+        caches = model.new_caches(1, 1, kind=kind)
+        out[f"kv_bytes_{kind}"] = sum(c.self_attn.bytes_per_token() for c in caches)
+        out[f"val_ppl_{kind}"] = round(math.exp(min(losses[kind], 30)), 4)
+        out[f"ppl_change_{kind}"] = round(math.exp(losses[kind] - losses["contiguous"]) - 1, 5)
     return out
 
 
@@ -185,10 +207,15 @@ def order_runs(runs: list[Run]) -> list[Run]:
     return sorted(runs, key=lambda r: (r.config.get("model", {}).get("attention", {}).get("type") != "mha"))
 
 
-def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: int = 5) -> None:
+def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: int = 5, caches: list[str] | None = None) -> None:
+    """One table row per run. ``caches``: KV cache kinds to compare besides the contiguous one (bytes per
+    token, validation perplexity through the cache and its change, decode tokens/s)."""
     checkpoints = [_best_checkpoint(run.path) for run in runs]
     speeds = decode_speeds(checkpoints, rounds=decode_rounds) if measure_decode else [None] * len(runs)
-    for run, ckpt, speed in zip(runs, checkpoints, speeds):
+    extra_kinds = [k for k in dict.fromkeys(caches or []) if k != "contiguous"]
+    kind_speeds = {k: decode_speeds(checkpoints, rounds=decode_rounds, cache=k) if measure_decode else [None] * len(runs)
+                   for k in extra_kinds}
+    for index, (run, ckpt, speed) in enumerate(zip(runs, checkpoints, speeds)):
         att = run.config["model"]["attention"]
         figures = _model_figures(run.config)
         h = run.history
@@ -212,6 +239,11 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
             "decode_tokens_per_s": round(decode, 1), "decode_spread": round(spread, 3), "best_val_loss": round(best, 4), "best_val_ppl": round(math.exp(min(best, 30)), 3),
             "wall_time_s": round(float(wall), 1) if wall is not None else math.nan,
         }
+        if extra_kinds and ckpt is not None:
+            run.row.update(cache_kind_figures(ckpt, extra_kinds))
+            for kind in extra_kinds:
+                kind_speed = kind_speeds[kind][index]
+                run.row[f"decode_tokens_per_s_{kind}"] = round(kind_speed["median"], 1) if kind_speed else math.nan
     mha = [r for r in runs if r.row["attention"] == "mha"]
     for run in runs:
         run.row["quality_vs_mha"] = round(math.exp(mha[0].row["best_val_loss"] - run.row["best_val_loss"]), 4) if mha else math.nan
@@ -322,7 +354,8 @@ def regression_report(runs: list[Run], swept: list[str], out: Path) -> Path:
     return out
 
 
-def report(paths: list[str | Path], out: str | Path | None = None, *, measure_decode: bool = True) -> Path:
+def report(paths: list[str | Path], out: str | Path | None = None, *, measure_decode: bool = True,
+           caches: list[str] | None = None) -> Path:
     run_dirs, swept = find_runs(paths)
     runs = order_runs([load_run(p) for p in run_dirs])
     out = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "config.yaml").is_file()
@@ -334,7 +367,7 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
     fairness_flags(runs, swept)
     if tasks == {"regression"}:
         return regression_report(runs, swept, out)
-    build_rows(runs, measure_decode=measure_decode)
+    build_rows(runs, measure_decode=measure_decode, caches=caches)
     table = pd.DataFrame([r.row for r in runs])
     table.to_csv(out / "report.csv", index=False)
     plots = write_plots(runs, out)
@@ -344,7 +377,10 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
              "- decode_tokens_per_s: batch 1, 16-token prompt, 64 new tokens, greedy, KV cache; median of 5 rounds interleaved "
              "across the runs (measured by this report). decode_spread: (max - min) / median of the rounds; above "
              f"{NOISY_SPREAD:.0%} the run is flagged as noisy.",
-             "- quality_vs_mha: ppl(MHA) / ppl(run), from the best validation losses.", ""]
+             "- quality_vs_mha: ppl(MHA) / ppl(run), from the best validation losses.",
+             *(["- kv_bytes_KIND / val_ppl_KIND / ppl_change_KIND / decode_tokens_per_s_KIND: the best checkpoint with a KV "
+                "cache of that kind; the validation split is read through the cache 16 tokens at a time, and the change is "
+                "against the contiguous cache read the same way."] if caches else []), ""]
     flagged = [r for r in runs if r.flags]
     lines += ["## Fairness", ""] + ([f"- **{run_label(r.path)}** differs: {'; '.join(r.flags)}" for r in flagged] or
                                     ["All runs share every setting except the compared keys."]) + [""]
@@ -368,8 +404,18 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("paths", nargs="+", help="an experiment directory (a sweep's) or run directories")
     parser.add_argument("--out", help="where to write report.md / report.csv / *.png (default: <experiment>/report)")
     parser.add_argument("--no-decode", action="store_true", help="skip measuring decode speed")
+    parser.add_argument("--cache", metavar="KINDS", help="comma-separated KV cache kinds to compare as well "
+                        "(paged, int8, int4): bytes per token, validation perplexity change, decode speed")
     args = parser.parse_args(argv)
-    out = report(args.paths, args.out, measure_decode=not args.no_decode)
+    caches = None
+    if args.cache:
+        from .attention.cache_kinds import CACHE_KINDS
+
+        caches = [k.strip() for k in args.cache.split(",") if k.strip()]
+        bad = [k for k in caches if k not in CACHE_KINDS]
+        if bad or not caches:
+            parser.error(f"--cache {args.cache!r}: unknown kind {', '.join(bad) or '(none)'}; choose from {', '.join(CACHE_KINDS)}")
+    out = report(args.paths, args.out, measure_decode=not args.no_decode, caches=caches)
     print((out / "report.md").read_text())
     print(f"report written to {out}")
     return 0

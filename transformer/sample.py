@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from .attention.cache_kinds import CACHE_KINDS
 from .data.tokenizer import load_tokenizer
 from .errors import guarded
 from .generation import generate
@@ -51,11 +52,12 @@ def _tokenizer_of(source: str | Path, tokenizer_json: str | None):
 
 def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
            seed: int = 0, chat: bool = False, system: str | None = None, template: str | None = None,
-           context: str = "slide") -> str:
+           context: str = "slide", cache: str = "contiguous", prefill_chunk: int | None = None) -> str:
     """Text generated after ``prompt``; with ``chat`` the prompt is a user message and only the reply returns.
 
     Past the model's context, ``context="slide"`` keeps generating over a sliding window (see
-    :mod:`transformer.generation`); ``"stop"`` stops there. Either way a note on stderr says so.
+    :mod:`transformer.generation`); ``"stop"`` stops there. Either way a note on stderr says so. ``cache``: the
+    KV cache kind (contiguous, paged, int8, int4); ``prefill_chunk``: feed the prompt in chunks of that many tokens.
     """
     model, tokenizer_json = load_model(source)
     tokenizer = _tokenizer_of(source, tokenizer_json)
@@ -88,7 +90,7 @@ def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temper
                   file=sys.stderr)
     g = torch.Generator().manual_seed(seed)
     out = generate(model, torch.tensor([ids]), max_new_tokens, temperature=temperature, top_k=top_k,
-                   eos_token_id=stop, generator=g, slide=True)
+                   eos_token_id=stop, generator=g, slide=True, cache=cache, prefill_chunk=prefill_chunk)
     new = out[0, len(ids):].tolist()
     if chat:
         return tokenizer.decode([t for t in new if t not in stop], skip_special_tokens=True)
@@ -113,7 +115,12 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--context", choices=("slide", "stop"), default="slide",
                         help="past the model's context: keep generating over a sliding window (default) or stop there")
+    parser.add_argument("--cache", choices=CACHE_KINDS, default="contiguous",
+                        help="KV cache kind: contiguous (fastest), paged (blocks on demand), int8 / int4 (quantized, less memory)")
+    parser.add_argument("--prefill-chunk", type=int, metavar="N", help="feed the prompt through the cache N tokens at a time")
     args = parser.parse_args(argv)
+    if args.prefill_chunk is not None and args.prefill_chunk < 1:
+        parser.error(f"--prefill-chunk {args.prefill_chunk} must be >= 1")
     if args.max_new_tokens < 0:
         parser.error(f"--max-new-tokens {args.max_new_tokens} must be >= 0")
     if args.temperature < 0:
@@ -127,7 +134,7 @@ def _main(argv: list[str] | None) -> int:
     chat = args.chat is not None
     print(sample(args.source, args.chat if chat else args.prompt, max_new_tokens=args.max_new_tokens,
                  temperature=args.temperature, top_k=args.top_k, seed=args.seed, chat=chat, system=args.system,
-                 template=args.template, context=args.context))
+                 template=args.template, context=args.context, cache=args.cache, prefill_chunk=args.prefill_chunk))
     return 0
 
 

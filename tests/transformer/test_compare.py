@@ -89,6 +89,14 @@ def test_three_type_sweep_and_report(tmp_path, corpus, capsys, monkeypatch):
         assert (out_dir / name).read_bytes()[:8] == PNG and (out_dir / name).stat().st_size > 5000
     text = (out_dir / "report.md").read_text()
     assert "| run | attention |" in text and "All runs share every setting" in text
+    # cache kinds: bytes per token by kind, validation perplexity through each cache, decode speed
+    kinds = pd.read_csv(report([experiment], tmp_path / "kinds", caches=["paged", "int8", "int4"]) / "report.csv")
+    for _, row in kinds.iterrows():
+        contiguous = row["kv_cache_bytes_per_token"]
+        assert row["kv_bytes_paged"] == contiguous and row["kv_bytes_int4"] < row["kv_bytes_int8"] < contiguous / 3
+        assert abs(row["ppl_change_paged"]) < 1e-5 and abs(row["ppl_change_int8"]) < 0.02  # blocks of 32 <= the exact window
+        assert row["decode_tokens_per_s_int8"] > 0 and row["val_ppl_int4"] > 1
+    assert "kv_bytes_KIND" in (tmp_path / "kinds" / "report.md").read_text()
     # a noisy decode measurement is a note about the measurement, not a fairness flag
     import transformer.compare as compare
 

@@ -101,7 +101,6 @@ class QuantizedKVCache(CacheBase):
     # ------------------------------------------------------------------ the cache interface
     def update(self, *new: Tensor) -> tuple[Tensor, ...]:
         s = self._check_update(new, self.streams)
-        out = []
         for i, tensor in enumerate(new):
             tail = torch.cat((self.tails[i], tensor.to(self.dtype)), dim=-2)
             excess = tail.shape[-2] - self.residual

@@ -220,6 +220,12 @@ def test_mha_to_mqa_conversion_beats_random_kv(tmp_path, toy_corpus):
     random_kv.load_state_dict(state)
     random_loss = validation_loss(random_kv, run_cfg)
     assert result["after"] < random_loss, (result, random_loss)
+    # the validation split read through a KV cache: contiguous equals the plain loss; int4 with no exact window
+    # costs a little; chunks of 5 tokens
+    plain = validation_loss(mqa, run_cfg)
+    assert abs(validation_loss(mqa, run_cfg, cache="contiguous", chunk=5) - plain) < 1e-5
+    int4 = validation_loss(mqa, run_cfg, cache="int4", chunk=5, cache_options={"residual": 0, "group_size": 8})
+    assert 0 < abs(int4 - plain) < 0.05 * plain
     with pytest.raises(FileExistsError):
         convert_checkpoint(ckpt, tmp_path / "mqa.ckpt", to="mqa")
 
@@ -241,6 +247,15 @@ def test_export_reload_identical_logits_and_sample(tmp_path, toy_corpus, capsys)
     assert len(long) == len("the quick") + 60 and "sliding window" in capsys.readouterr().err
     stopped = sample(out, "the quick", max_new_tokens=60, temperature=0, context="stop")
     assert stopped == long[:32] and "stopping after 23 new tokens" in capsys.readouterr().err
+    greedy = sample(out, "the quick", max_new_tokens=10, temperature=0)
+    assert sample(out, "the quick", max_new_tokens=10, temperature=0, cache="paged", prefill_chunk=2) == greedy
+    from transformer.sample import main as sample_main
+
+    assert sample_main([str(out), "--prompt", "the quick", "--max-new-tokens", "5", "--cache", "int8", "--temperature", "0"]) == 0
+    assert capsys.readouterr().out.startswith("the quick")
+    with pytest.raises(SystemExit):
+        sample_main([str(out), "--cache", "int3"])
+    assert "invalid choice: 'int3'" in capsys.readouterr().err
     with pytest.raises(FileExistsError):
         export_checkpoint(ckpt, tmp_path / "export")
     (tmp_path / "export" / "model.safetensors").write_bytes(b"\x00" * 10)
