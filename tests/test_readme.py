@@ -3,7 +3,7 @@
 The checkout is a copy of the tracked files in a temporary directory. What a user brings is stood in for
 by small files at the paths the README names: ``data/tinyshakespeare.txt`` (the first 200 kB of the
 real corpus where this machine has it, else generated text), a tiny random Llama with a chat tokenizer at
-``path/to/SmolLM2-135M-Instruct``, ``chat.jsonl``, ``my_series.csv`` / ``new.csv`` / ``houses.csv``.
+``path/to/SmolLM2-135M-Instruct``, a tiny quantized GGUF Llama at ``tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf``, ``chat.jsonl``, ``my_series.csv`` / ``new.csv`` / ``houses.csv``.
 Training commands get a few steps (the overrides in :data:`REDUCED`, appended so they win); the rest run
 unchanged. Commands run in this process (``train.py`` is ``transformer.cli.main``; ``python -m X`` is
 ``X.main``), so torch is imported once. A glob in a command must match exactly one path, as it would
@@ -89,6 +89,9 @@ def _stand_ins(checkout: Path) -> None:
     (checkout / "data" / "tinyshakespeare.txt").write_text(text)
     make_tiny_llama(checkout / "path" / "to" / "SmolLM2-135M-Instruct", max_position_embeddings=512)
     make_tiny_llama(checkout / "path" / "to" / "TinyLlama-1.1B", seed=1)
+    from tests.transformer.interop.gguf_helpers import write_tiny_llama
+
+    write_tiny_llama(checkout / "tinyllama-1.1b-chat-v1.0.Q4_K_M.gguf", quantized=True)
     write_chat_jsonl(checkout / "chat.jsonl", n=64)
     rng = np.random.default_rng(0)
     rows = []
@@ -174,7 +177,7 @@ def test_every_readme_command_runs_on_a_fresh_checkout(tmp_path, monkeypatch, ca
 
 def test_readme_parser_sees_every_block():
     blocks = readme_blocks()
-    assert sum(lang == "python" for lang, _ in blocks) == 3
+    assert sum(lang == "python" for lang, _ in blocks) == 4
     commands = [c for lang, code in blocks if lang == "bash" for c in shell_commands(code)]
     assert "python -m transformer.compare runs/attention-*" in commands
     joined = [c for c in commands if "csv_timeseries" in c]

@@ -4,6 +4,7 @@
     python -m transformer.export runs/x/checkpoints/last.ckpt exports/x --hf     # + Hugging Face format in exports/x/hf
     python -m transformer.export runs/lora/checkpoints/last.ckpt exports/m --merge --hf   # adapters folded in
     python -m transformer.export runs/lora/checkpoints/last.ckpt exports/a --adapter      # a peft adapter
+    python -m transformer.export tinyllama.Q4_K_M.gguf exports/tl --hf                    # a GGUF file, dequantized
 
 The directory holds ``model.safetensors`` (this toolkit's parameter names), ``model_config.json``,
 ``tokenizer.json`` (+ ``tokenizer_config.json`` with special tokens and chat template) and
@@ -40,7 +41,12 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, hf: bool =
         raise FileExistsError(f"{out} is a file; the export is a directory: choose a new directory name")
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty; choose a new directory or pass --overwrite")
-    saved = read_checkpoint(checkpoint)
+    from .interop.gguf import gguf_tokenizer, is_gguf
+
+    if is_gguf(checkpoint):  # a llama.cpp file: its weights dequantized, its tokenizer from the metadata
+        saved = {K.TOKENIZER_CONFIG: json.dumps(gguf_tokenizer(checkpoint).tokenizer_config(), indent=2)}
+    else:
+        saved = read_checkpoint(checkpoint)
     run_config = saved.get(K.RUN_CONFIG, {})
     if adapter:
         if K.BASE_MODEL not in saved:
@@ -92,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint")
+    parser.add_argument("checkpoint", help="a training checkpoint (.ckpt) or a GGUF file")
     parser.add_argument("out_dir")
     parser.add_argument("--hf", action="store_true", help="also write a Hugging Face-format copy in OUT_DIR/hf")
     parser.add_argument("--merge", action="store_true",

@@ -36,6 +36,10 @@ def _tokenizer_of(source: str | Path, tokenizer_json: str | None):
     from .training.checkpoint_io import read_checkpoint
 
     path = Path(source)
+    from .interop.gguf import gguf_tokenizer, is_gguf
+
+    if is_gguf(path):
+        return gguf_tokenizer(path)
     if path.is_dir():
         if not (path / "tokenizer.json").is_file():
             raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer.sample", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("source", help="a .ckpt file, an export directory, or a Hugging Face directory")
+    parser.add_argument("source", help="a .ckpt file, an export directory, a Hugging Face directory or a GGUF file")
     parser.add_argument("--prompt", default="\n")
     parser.add_argument("--chat", metavar="QUESTION", help="ask QUESTION through the model's chat template; print the reply")
     parser.add_argument("--system", help="with --chat: a system message")

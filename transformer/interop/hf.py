@@ -179,8 +179,14 @@ def load_hf_model(path: str | os.PathLike, *, dtype: torch.dtype | None = None) 
     """Build our model from a local Hugging Face-format directory and load its weights (strict)."""
     directory = _checkpoint_dir(path)
     hf, cfg = read_hf_config(directory)
+    return model_from_hf_state(hf, cfg, read_state_dict(directory), str(directory), dtype=dtype)
+
+
+def model_from_hf_state(hf: dict, cfg: ModelConfig, state: dict[str, Tensor], directory: str, *,
+                        dtype: torch.dtype | None = None) -> nn.Module:
+    """Our model from a ``config.json`` dict and tensors under Hugging Face names (from a directory, or
+    read out of a GGUF file by :mod:`.gguf`); ``directory`` names the source in errors."""
     family = FAMILIES[hf["model_type"]]
-    state = read_state_dict(directory)
     prefix = next((p for p in family.prefixes if p + family.probe in state), None)
     if prefix is None:
         raise ValueError(f"{directory}: no {family.probe!r} tensor under any of the prefixes {family.prefixes}")

@@ -48,6 +48,10 @@ def source_model_config(source: str | Path) -> ModelConfig | None:
     from .weights import EXPORT_CONFIG
 
     path = Path(source)
+    from ..interop.gguf import gguf_model_config, is_gguf
+
+    if is_gguf(path):
+        return gguf_model_config(path)
     if path.is_dir():
         if (path / EXPORT_CONFIG).is_file():
             try:
@@ -70,9 +74,14 @@ def source_model_config(source: str | Path) -> ModelConfig | None:
     return model
 
 
-def source_tokenizer(source: str | Path) -> Path | None:
-    """Where the source's tokenizer is: its own directory (HF / export), or a checkpoint's run directory."""
+def source_tokenizer(source: str | Path, cache_root: str | Path | None = None) -> Path | None:
+    """Where the source's tokenizer is: its own directory (HF / export), a checkpoint's run directory, or for a
+    GGUF file the tokenizer its metadata describes, saved once under ``cache_root``."""
     path = Path(source)
+    from ..interop.gguf import gguf_tokenizer_dir, is_gguf
+
+    if is_gguf(path):
+        return gguf_tokenizer_dir(path, cache_root or path.parent / ".cache")
     for directory in ((path,) if path.is_dir() else (path.parent.parent, path.parent)):
         if (directory / "tokenizer.json").is_file():
             return directory

@@ -250,7 +250,7 @@ def _adopt_init_source(cfg: RunConfig) -> list[str]:
         notes.append(f"  changed by this config: {', '.join(applied)}")
     set_data = explicit_keys(cfg, "data")
     if set_data is None or "tokenizer" not in set_data:
-        tokenizer = source_tokenizer(cfg.init_from)
+        tokenizer = source_tokenizer(cfg.init_from, f"{cfg.out_dir}/.cache")
         if tokenizer is None:
             raise ValueError(f"init_from={cfg.init_from} comes with no tokenizer.json; set data.tokenizer to the "
                              f"tokenizer the model was trained with")

@@ -56,6 +56,13 @@ def read_weights(source: str | Path, *, require_task: str | None = None) -> tupl
     """-> (state dict with our key names, the source's model config if known, tokenizer JSON if bundled).
     ``require_task``: a training checkpoint of another task (e.g. a regression one) is an error."""
     path = Path(source)
+    from ..interop.gguf import is_gguf
+
+    if is_gguf(path):  # llama.cpp's format: dequantized weights, the tokenizer from its metadata
+        from ..interop.gguf import gguf_tokenizer, load_gguf
+
+        model = load_gguf(path)
+        return model.state_dict(), model.cfg, gguf_tokenizer(path).tok.to_str()
     if path.is_dir():
         if (path / EXPORT_CONFIG).is_file():
             from safetensors.torch import load_file
@@ -97,7 +104,9 @@ def load_model(source: str | Path, *, merge: bool = True) -> tuple[nn.Module, st
     on, and with ``merge`` folded into plain weights (the fastest model for inference and export)."""
     from ..transformer_model import build_model
 
-    if Path(source).is_file():
+    from ..interop.gguf import is_gguf
+
+    if Path(source).is_file() and not is_gguf(source):
         checkpoint = read_checkpoint(source)
         if K.BASE_MODEL in checkpoint:
             return _load_adapter_checkpoint(source, checkpoint, merge=merge), checkpoint.get(K.TOKENIZER)
