@@ -1,18 +1,35 @@
-"""Decode throughput with the KV cache (CPU by default).
+"""Decode throughput, cache memory and prefill memory with the KV cache (CPU by default).
 
-    python bench/generate.py                          # default sizes
+    python bench/generate.py                          # parts 1-3 at the default (small) sizes
     python bench/generate.py --new-tokens 128 --rounds 7
+    python bench/generate.py --only real              # part 4 only: SmolLM-135M's shape vs transformers
 
-Part 1 — attention types at the same width (Llama-style blocks: RoPE, RMSNorm, SwiGLU): greedy
-decode tokens/s for mha / gqa / mqa / mla, batch 1 and 8, with the cache bytes per token.
+Part 1 — attention types x cache kinds at the same width (Llama-style blocks: RoPE, RMSNorm, SwiGLU): greedy
+**decode** tokens/s (the prefill excluded: ``batch * (n - 1) / (t(n new tokens) - t(1 new token))``, both through
+``generate``) for mha / gqa / mqa / mla with the contiguous, paged, int8 and int4 caches, batch 1 and 8, and the
+cache bytes per token of each kind. MLA is sized to GQA's cache bytes per token (``kv_lora_rank +
+rope_head_dim = 2 * kv_heads * head_dim``) and runs twice: absorbed decode (the default with a cache) and
+expanding keys/values from the latent (``mla_absorb=never``, the path before absorption existed).
 
-Part 2 — the same Llama config and weights in this toolkit and in ``transformers``: a random
+Part 2 — prefill peak memory of a long prompt, one shot vs ``prefill_chunk``: each case runs in a fresh
+process, and the figure is the growth of its peak resident memory (``ru_maxrss``) over the prefill.
+
+Part 2b — a batch of prompts of very different lengths: bytes each cache kind allocates vs the bytes of the
+real tokens it holds, and whether the generated tokens equal the contiguous cache's.
+
+Part 3 — the same small Llama config and weights in this toolkit and in ``transformers``: a random
 ``LlamaForCausalLM`` is saved with ``save_pretrained``, loaded here through
 ``transformer.interop.load_hf_model``, and both run greedy ``generate`` for the same prompt and
 number of new tokens (``transformers``: ``do_sample=False``, its default KV cache). The two must
 produce identical tokens; the table reports tokens/s and the ratio.
 
-Rounds are interleaved and medians reported. Tokens/s = batch * new tokens / wall time (prefill included).
+Part 4 — the same at SmolLM-135M's shape (30 layers x 576, GQA 9/3, SwiGLU 1536, vocab 49152, tied
+embeddings, random weights), fp32 and bf16 weights, batch 1, 256-token prompt, where decoding reads every
+weight once per token: tokens/s of both, and the achieved weight bandwidth (weight bytes x decode tokens/s)
+as a fraction of this machine's memory bandwidth measured in the same process (a large tensor copy:
+read + write bytes / time, median of 5).
+
+Rounds are interleaved and medians reported.
 """
 
 from __future__ import annotations
@@ -29,7 +46,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from transformer.config import ModelConfig  # noqa: E402
-from transformer.generation import generate  # noqa: E402
+from transformer.attention.cache_kinds import CACHE_KINDS  # noqa: E402
+from transformer.generation import generate, prefill  # noqa: E402
 from transformer.transformer_model import build_model  # noqa: E402
 
 
@@ -46,33 +64,137 @@ def interleaved(fns: dict, rounds: int) -> dict[str, float]:
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def llama_cfg(args, attention: dict) -> ModelConfig:
+def llama_cfg(args, attention: dict, max_seq_len: int | None = None) -> ModelConfig:
     return ModelConfig(vocab_size=args.vocab, embed_dim=args.width, num_heads=args.heads, num_layers=args.layers,
-                       max_seq_len=args.prompt + args.new_tokens, norm="rmsnorm", mlp="swiglu",
+                       max_seq_len=max_seq_len or args.prompt + args.new_tokens, norm="rmsnorm", mlp="swiglu",
                        attention={"positional": "rope", **attention})
 
 
-def part_attention_types(args) -> None:
-    variants = {
+def attention_variants(args) -> dict[str, dict]:
+    kv, d = args.heads // 4, args.width // args.heads
+    rope_dim = d // 2
+    latent = 2 * kv * d - rope_dim  # MLA sized to GQA's cache bytes per token: r + d_r = 2 * kv * d
+    mla = {"type": "mla", "kv_lora_rank": latent, "rope_head_dim": rope_dim}
+    return {
         "mha": {"type": "mha"},
-        f"gqa (kv={args.heads // 4})": {"type": "gqa", "num_kv_heads": args.heads // 4},
+        f"gqa (kv={kv})": {"type": "gqa", "num_kv_heads": kv},
         "mqa": {"type": "mqa"},
-        "mla": {"type": "mla"},
+        f"mla (r={latent}, d_r={rope_dim}, absorbed)": mla,
+        f"mla (r={latent}, d_r={rope_dim}, expanded)": {**mla, "mla_absorb": "never"},
     }
-    print("\n## Decode tokens/s by attention type (this toolkit, greedy, KV cache)\n")
-    print("| attention | KV cache B/token (fp32, all layers) | batch | tokens/s |")
-    print("|---|---:|---:|---:|")
+
+
+def cache_bytes_per_token(model, kind: str) -> int:
+    """Bytes one more token costs the model's self-attention caches of ``kind`` (all layers, one sequence)."""
+    return sum(c.self_attn.bytes_per_token() for c in model.new_caches(1, 1, kind=kind))
+
+
+def decode_rate(times: dict, key, batch: int, n: int) -> float:
+    """Decode tokens/s from the medians of ``generate`` with n new tokens and with 1 (the prefill + first token)."""
+    return batch * (n - 1) / (times[(*key, n)] - times[(*key, 1)])
+
+
+def part_attention_types(args) -> None:
+    variants, n = attention_variants(args), args.new_tokens
+    print("\n## Decode tokens/s by attention type and cache kind (this toolkit, greedy, prefill excluded)\n")
+    print(f"Prompt {args.prompt} tokens; decode tokens/s = batch x {n - 1} / (t({n} new) - t(1 new)).\n")
+    print("| attention | cache | B/token (all layers) | batch 1 tokens/s | batch 8 tokens/s |")
+    print("|---|---|---:|---:|---:|")
+    rates, sizes = {}, {}
     for batch in (1, 8):
-        fns, models = {}, {}
+        fns = {}
         for name, attention in variants.items():
             torch.manual_seed(0)
             model = build_model(llama_cfg(args, attention)).eval()
-            models[name] = model
             prompt = torch.randint(0, args.vocab, (batch, args.prompt))
-            fns[name] = (lambda m, p: lambda: generate(m, p, args.new_tokens, temperature=0))(model, prompt)
+            for kind in CACHE_KINDS:
+                sizes[(name, kind)] = cache_bytes_per_token(model, kind)
+                for steps in (n, 1):
+                    fns[(name, kind, steps)] = (lambda m, p, k, t: lambda: generate(m, p, t, temperature=0, cache=k))(model, prompt, kind, steps)
         medians = interleaved(fns, args.rounds)
-        for name, t in medians.items():
-            print(f"| {name} | {models[name].kv_cache_bytes_per_token():,} | {batch} | {batch * args.new_tokens / t:,.1f} |")
+        for name in variants:
+            for kind in CACHE_KINDS:
+                rates[(name, kind, batch)] = decode_rate(medians, (name, kind), batch, n)
+    for name in variants:
+        for kind in CACHE_KINDS:
+            print(f"| {name} | {kind} | {sizes[(name, kind)]:,} | {rates[(name, kind, 1)]:,.1f} | {rates[(name, kind, 8)]:,.1f} |")
+
+
+def _prefill_case(args, attention: dict, chunk: int | None, queue) -> None:
+    """In a fresh process: peak resident memory growth (MiB) and time of one prefill."""
+    import resource
+
+    torch.manual_seed(0)
+    model = build_model(llama_cfg(args, attention, max_seq_len=args.long_prompt)).eval()
+    prompt = torch.randint(0, args.vocab, (args.prefill_batch, args.long_prompt))
+    with torch.inference_mode():
+        prefill(model, prompt[:, :16], model.new_caches(args.prefill_batch, 16))  # warm-up: kernels and pools set up
+        caches = model.new_caches(args.prefill_batch, args.long_prompt)
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        t0 = time.perf_counter()
+        prefill(model, prompt, caches, chunk=chunk)
+        seconds = time.perf_counter() - t0
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put(((after - before) / 1024, seconds))  # ru_maxrss is in KiB on Linux
+
+
+def part_prefill_memory(args) -> None:
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    variants = attention_variants(args)
+    chosen = {name: a for name, a in variants.items() if a["type"] in ("gqa", "mla") and a.get("mla_absorb") is None}
+    print(f"\n## Prefill peak memory: {args.prefill_batch} x {args.long_prompt}-token prompts, one shot vs chunked\n")
+    print("Growth of the process's peak resident memory over the prefill (fresh process per case; the cache itself "
+          "is allocated before), and the prefill time.\n")
+    print("| attention | prefill_chunk | peak memory growth (MiB) | prefill s |")
+    print("|---|---:|---:|---:|")
+    for name, attention in chosen.items():
+        for chunk in (None, 512, 128):
+            queue = ctx.Queue()
+            proc = ctx.Process(target=_prefill_case, args=(args, attention, chunk, queue))
+            proc.start()
+            mib, seconds = queue.get()
+            proc.join()
+            print(f"| {name.replace(', absorbed', '')} | {chunk or 'none (one shot)'} | {mib:,.1f} | {seconds:.2f} |")
+
+
+def part_paged_memory(args) -> None:
+    """A batch of prompts of very different lengths (left-padded): what each cache kind holds."""
+    lengths = [512, 256, 128, 64, 32, 16, 8, 4]
+    total, n = max(lengths), args.new_tokens
+    torch.manual_seed(0)
+    name, attention = next((k, v) for k, v in attention_variants(args).items() if v["type"] == "gqa")
+    model = build_model(llama_cfg(args, attention, max_seq_len=total + n)).eval()
+    ids = torch.randint(1, args.vocab, (len(lengths), total))
+    mask = torch.zeros_like(ids)
+    for row, length in enumerate(lengths):
+        mask[row, total - length:] = 1
+    print(f"\n## Paged vs contiguous cache: {len(lengths)} prompts of {lengths} tokens (left-padded to {total}), "
+          f"{n} new tokens, {name}\n")
+    print("| cache | allocated MiB (all layers) | of which real tokens MiB | allocated / used | same tokens as contiguous |")
+    print("|---|---:|---:|---:|---|")
+    results = {}
+    for kind, options in (("contiguous", {}), ("paged", {"block_size": 16}), ("int8", {}), ("int4", {})):
+        captured = {}
+        original = model.new_caches
+
+        def spy(*a, **kw):
+            captured["caches"] = original(*a, **kw)
+            return captured["caches"]
+
+        model.new_caches = spy
+        try:
+            results[kind] = generate(model, ids, n, temperature=0, attention_mask=mask, cache=kind, cache_options=options)
+        finally:
+            model.new_caches = original
+        caches = [c.self_attn for c in captured["caches"]]
+        allocated = sum(c.allocated_bytes() for c in caches)
+        real_tokens = int(mask.sum()) + len(lengths) * n
+        used = real_tokens * sum(c.bytes_per_token() for c in caches)
+        same = torch.equal(results[kind], results["contiguous"])
+        print(f"| {kind}{' (block 16)' if kind == 'paged' else ''} | {allocated / 2**20:,.2f} | {used / 2**20:,.2f} | "
+              f"{allocated / used:.2f} | {same} |")
 
 
 def part_vs_transformers(args) -> None:
@@ -95,6 +217,7 @@ def part_vs_transformers(args) -> None:
         ours = load_hf_model(tmp).eval()
     print(f"\n## Same Llama weights: this toolkit vs transformers {transformers.__version__} `generate` "
           f"(width {args.width}, {args.layers} layers, {args.heads} heads / {kv} KV heads, vocab {args.vocab})\n")
+    print(f"Tokens/s = batch x {args.new_tokens} new tokens / wall time, prefill of {args.prompt} tokens included.\n")
     print("| batch | toolkit tokens/s | transformers tokens/s | ratio | identical tokens |")
     print("|---:|---:|---:|---:|---|")
     for batch in (1, 8):
@@ -110,6 +233,63 @@ def part_vs_transformers(args) -> None:
         print(f"| {batch} | {tps['ours']:,.1f} | {tps['hf']:,.1f} | {tps['ours'] / tps['hf']:.2f} | {same} |")
 
 
+def memory_bandwidth(gib: float = 1.0, rounds: int = 5) -> float:
+    """Bytes/s of a large tensor copy (read + write), median of ``rounds``: what decoding from memory can reach."""
+    src = torch.ones(int(gib * 2**30) // 4)
+    dst = torch.empty_like(src)
+    times = []
+    for _ in range(rounds + 1):
+        t0 = time.perf_counter()
+        dst.copy_(src)
+        times.append(time.perf_counter() - t0)
+    return 2 * src.numel() * 4 / statistics.median(times[1:])
+
+
+def part_real_size(args) -> None:
+    try:
+        import transformers
+    except ImportError:
+        print("\n(transformers not installed: skipping the SmolLM-shape comparison; pip install -e '.[dev]')")
+        return
+    from transformer.interop import load_hf_model
+
+    transformers.logging.set_verbosity_error()
+    prompt_len, n = 256, args.real_new_tokens
+    hf_cfg = transformers.LlamaConfig(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                                      num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048,
+                                      tie_word_embeddings=True, rope_theta=10000.0, pad_token_id=0)
+    torch.manual_seed(0)
+    hf32 = transformers.LlamaForCausalLM(hf_cfg).eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        hf32.save_pretrained(tmp)
+        ours32 = load_hf_model(tmp).eval()
+    bandwidth = memory_bandwidth()
+    print(f"\n## SmolLM-135M shape (30 x 576, GQA 9/3, vocab 49152, tied, random weights): this toolkit vs transformers "
+          f"{transformers.__version__}, batch 1, {prompt_len}-token prompt\n")
+    print(f"Memory bandwidth of this machine (1 GiB tensor copy, read + write): {bandwidth / 1e9:.1f} GB/s. Decode tokens/s "
+          f"= {n - 1} / (t({n} new) - t(1 new)); weight bandwidth = weight bytes x decode tokens/s.\n")
+    print("| weights | weight MB | toolkit decode tok/s | transformers decode tok/s | ratio | toolkit weight GB/s | "
+          "fraction of copy bandwidth | identical tokens |")
+    print("|---|---:|---:|---:|---:|---:|---:|---|")
+    prompt = torch.randint(1, 49152, (1, prompt_len), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(prompt)
+    for dtype in (torch.float32, torch.bfloat16):
+        ours, hf = ours32.to(dtype), hf32.to(dtype)
+        weight_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for p in ours.parameters()}.values())
+        fns = {}
+        for steps in (n, 1):
+            fns[("ours", steps)] = (lambda t: lambda: generate(ours, prompt, t, temperature=0))(steps)
+            fns[("hf", steps)] = (lambda t: lambda: hf.generate(prompt, attention_mask=mask, max_new_tokens=t, min_new_tokens=t,
+                                                                 do_sample=False, pad_token_id=0))(steps)
+        with torch.inference_mode():
+            same = torch.equal(fns[("ours", n)](), fns[("hf", n)]())
+            medians = interleaved(fns, args.rounds)
+        rate = {who: decode_rate(medians, (who,), 1, n) for who in ("ours", "hf")}
+        achieved = weight_bytes * rate["ours"]
+        print(f"| {str(dtype).removeprefix('torch.')} | {weight_bytes / 1e6:,.0f} | {rate['ours']:.2f} | {rate['hf']:.2f} | "
+              f"{rate['ours'] / rate['hf']:.2f} | {achieved / 1e9:.2f} | {achieved / bandwidth:.0%} | {same} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=256)
@@ -119,14 +299,26 @@ def main() -> None:
     parser.add_argument("--prompt", type=int, default=16)
     parser.add_argument("--new-tokens", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--skip-types", action="store_true", help="only the transformers comparison")
+    parser.add_argument("--long-prompt", type=int, default=2048, help="part 2: prompt length of the prefill memory case")
+    parser.add_argument("--prefill-batch", type=int, default=4, help="part 2: prompts in the prefill memory case")
+    parser.add_argument("--real-new-tokens", type=int, default=24, help="part 4: new tokens per run")
+    parser.add_argument("--only", choices=("types", "prefill", "paged", "hf", "real"), action="append",
+                        help="run only these parts (repeatable); default: types, prefill, paged, hf (--only real: part 4)")
     args = parser.parse_args()
+    parts = args.only or ["types", "prefill", "paged", "hf"]
     print(f"# bench/generate.py {' '.join(sys.argv[1:])}")
-    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, fp32, greedy, "
+    print(f"torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, fp32 unless stated, greedy, "
           f"prompt {args.prompt}, {args.new_tokens} new tokens, median of {args.rounds} interleaved rounds")
-    if not args.skip_types:
+    if "types" in parts:
         part_attention_types(args)
-    part_vs_transformers(args)
+    if "prefill" in parts:
+        part_prefill_memory(args)
+    if "paged" in parts:
+        part_paged_memory(args)
+    if "hf" in parts:
+        part_vs_transformers(args)
+    if "real" in parts:
+        part_real_size(args)
 
 
 if __name__ == "__main__":
