@@ -12,7 +12,8 @@ rope_head_dim = 2 * kv_heads * head_dim``) and runs twice: absorbed decode (the 
 expanding keys/values from the latent (``mla_absorb=never``, the path before absorption existed).
 
 Part 2 — prefill peak memory of a long prompt, one shot vs ``prefill_chunk``: each case runs in a fresh
-process, and the figure is the growth of its peak resident memory (``ru_maxrss``) over the prefill.
+process, and the figure is the growth of its peak resident memory over the prefill (the peak reset just before
+through ``/proc/self/clear_refs``, so Linux only).
 
 Part 2b — a batch of prompts of very different lengths: bytes each cache kind allocates vs the bytes of the
 real tokens it holds, and whether the generated tokens equal the contiguous cache's.
@@ -120,22 +121,31 @@ def part_attention_types(args) -> None:
             print(f"| {name} | {kind} | {sizes[(name, kind)]:,} | {rates[(name, kind, 1)]:,.1f} | {rates[(name, kind, 8)]:,.1f} |")
 
 
-def _prefill_case(args, attention: dict, chunk: int | None, queue) -> None:
-    """In a fresh process: peak resident memory growth (MiB) and time of one prefill."""
-    import resource
+def _memory_kib() -> dict[str, int]:
+    """Current (VmRSS) and peak (VmHWM) resident memory of this process, KiB (Linux)."""
+    import re
 
+    status = open("/proc/self/status").read()
+    return {key: int(re.search(key + r":\s+(\d+)", status).group(1)) for key in ("VmRSS", "VmHWM")}
+
+
+def _prefill_case(args, attention: dict, chunk: int | None, queue) -> None:
+    """In a fresh process: peak resident memory growth (MiB) and time of one prefill. The peak is reset
+    just before (``/proc/self/clear_refs``), so earlier allocations (model build, warm-up) do not hide it."""
     torch.manual_seed(0)
     model = build_model(llama_cfg(args, attention, max_seq_len=args.long_prompt)).eval()
     prompt = torch.randint(0, args.vocab, (args.prefill_batch, args.long_prompt))
     with torch.inference_mode():
         prefill(model, prompt[:, :16], model.new_caches(args.prefill_batch, 16))  # warm-up: kernels and pools set up
         caches = model.new_caches(args.prefill_batch, args.long_prompt)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # reset the peak to the current resident size
+        before = _memory_kib()["VmRSS"]
         t0 = time.perf_counter()
         prefill(model, prompt, caches, chunk=chunk)
         seconds = time.perf_counter() - t0
-        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put(((after - before) / 1024, seconds))  # ru_maxrss is in KiB on Linux
+        peak = _memory_kib()["VmHWM"]
+    queue.put(((peak - before) / 1024, seconds))
 
 
 def part_prefill_memory(args) -> None:
@@ -145,8 +155,8 @@ def part_prefill_memory(args) -> None:
     variants = attention_variants(args)
     chosen = {name: a for name, a in variants.items() if a["type"] in ("gqa", "mla") and a.get("mla_absorb") is None}
     print(f"\n## Prefill peak memory: {args.prefill_batch} x {args.long_prompt}-token prompts, one shot vs chunked\n")
-    print("Growth of the process's peak resident memory over the prefill (fresh process per case; the cache itself "
-          "is allocated before), and the prefill time.\n")
+    print("Growth of the process's peak resident memory over the prefill (fresh process per case; peak reset just "
+          "before; the cache itself is allocated before), and the prefill time.\n")
     print("| attention | prefill_chunk | peak memory growth (MiB) | prefill s |")
     print("|---|---:|---:|---:|")
     for name, attention in chosen.items():
@@ -172,7 +182,7 @@ def part_paged_memory(args) -> None:
         mask[row, total - length:] = 1
     print(f"\n## Paged vs contiguous cache: {len(lengths)} prompts of {lengths} tokens (left-padded to {total}), "
           f"{n} new tokens, {name}\n")
-    print("| cache | allocated MiB (all layers) | of which real tokens MiB | allocated / used | same tokens as contiguous |")
+    print("| cache | allocated MiB (all layers) | real tokens at the kind's bytes/token, MiB | allocated / used | same tokens as contiguous |")
     print("|---|---:|---:|---:|---|")
     results = {}
     for kind, options in (("contiguous", {}), ("paged", {"block_size": 16}), ("int8", {}), ("int4", {})):

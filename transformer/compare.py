@@ -167,7 +167,7 @@ def cache_kind_figures(checkpoint: Path, kinds: list[str], *, eval_batches: int 
         caches = model.new_caches(1, 1, kind=kind)
         out[f"kv_bytes_{kind}"] = sum(c.self_attn.bytes_per_token() for c in caches)
         out[f"val_ppl_{kind}"] = round(math.exp(min(losses[kind], 30)), 4)
-        out[f"ppl_change_{kind}"] = round(math.exp(losses[kind] - losses["contiguous"]) - 1, 5)
+        out[f"ppl_change_{kind}"] = round(math.exp(losses[kind] - losses["contiguous"]) - 1, 7)
     return out
 
 

@@ -46,6 +46,8 @@ def prefill(model: nn.Module, input_ids: Tensor, caches, attention_mask: Tensor 
     are ``[b, chunk, ...]`` instead of ``[b, s, ...]``, so a long prompt's peak memory is bounded by the
     chunk (``bench/generate.py`` measures it). ``attention_mask`` ``[b, cached + s]`` covers the cached keys
     too, as for any call with a cache."""
+    if caches is None:
+        raise ValueError("prefill needs the model's KV caches (model.new_caches(batch, length)): chunks read the keys of earlier chunks from them")
     s = input_ids.shape[1]
     chunk = s if chunk is None else chunk
     done = 0 if attention_mask is None else attention_mask.shape[1] - s  # keys already in the cache
