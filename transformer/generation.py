@@ -49,6 +49,8 @@ def prefill(model: nn.Module, input_ids: Tensor, caches, attention_mask: Tensor 
     if caches is None:
         raise ValueError("prefill needs the model's KV caches (model.new_caches(batch, length)): chunks read the keys of earlier chunks from them")
     s = input_ids.shape[1]
+    if s < 1 or (chunk is not None and chunk < 1):
+        raise ValueError(f"prefill needs at least one token and a chunk >= 1 (got {s} tokens, chunk={chunk})")
     chunk = s if chunk is None else chunk
     done = 0 if attention_mask is None else attention_mask.shape[1] - s  # keys already in the cache
     for begin in range(0, s, chunk):

@@ -5,6 +5,9 @@ sequence is always dim -2) and appends along it. Grouped-query attention caches 
 its ``n_kv`` heads only (never the repeated ones); MLA caches one stream ``[b, 1, S, kv_lora_rank +
 rope_head_dim]``: its latent and its shared RoPE key side by side. ``length`` is the number of tokens cached so
 far, i.e. the position of the next token, which is what RoPE, ALiBi and sliding windows need.
+
+This is the contiguous kind. The paged (:mod:`.paged_cache`) and quantized (:mod:`.quantized_cache`) kinds
+share :class:`CacheBase` and the same ``update`` / ``cached`` contract; :mod:`.cache_kinds` picks one by name.
 """
 
 from __future__ import annotations

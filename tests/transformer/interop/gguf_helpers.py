@@ -38,14 +38,37 @@ QUANTIZED = {"blk.0.attn_q.weight": "Q8_0", "blk.0.attn_k.weight": "Q4_0", "blk.
              "blk.1.ffn_gate.weight": "F16"}  # GGML type names
 
 
-def write_tiny_llama(path, *, quantized: bool, tied: bool = False, arch: str = "llama"):
-    """A random LlamaForCausalLM converted to GGUF the way llama.cpp does: HF model returned too."""
+def byte_level_vocab(texts: list[str], size: int = 320) -> dict:
+    """A byte-level BPE vocabulary trained on ``texts`` with ``tokenizers``, as a GGUF ``gpt2`` tokenizer
+    (tokens, merges, token types; ``<|endoftext|>`` as control token, bos = eos)."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["<|endoftext|>"], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(texts, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    tokens = sorted(model["vocab"], key=model["vocab"].get)
+    merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+    return {"model": "gpt2", "tokens": tokens, "merges": merges, "types": [3 if t == "<|endoftext|>" else 1 for t in tokens],
+            "bos": tokens.index("<|endoftext|>"), "eos": tokens.index("<|endoftext|>")}
+
+
+def write_tiny_llama(path, *, quantized: bool, tied: bool = False, arch: str = "llama", vocab: dict | None = None,
+                     pre: str | None = None):
+    """A random LlamaForCausalLM converted to GGUF the way llama.cpp does: HF model returned too. ``vocab``:
+    a byte-level vocabulary (:func:`byte_level_vocab`, with ``tokenizer.ggml.pre`` = ``pre``) instead of the
+    SentencePiece one."""
     import gguf
     import transformers
     from gguf import GGMLQuantizationType as Q
 
     torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=len(TOKENS), hidden_size=HIDDEN, intermediate_size=FFN,
+    tokens = vocab["tokens"] if vocab else TOKENS
+    cfg = transformers.LlamaConfig(vocab_size=len(tokens), hidden_size=HIDDEN, intermediate_size=FFN,
                                    num_hidden_layers=LAYERS, num_attention_heads=HEADS, num_key_value_heads=KV_HEADS,
                                    max_position_embeddings=128, rms_norm_eps=1e-5, rope_theta=10000.0,
                                    tie_word_embeddings=tied, bos_token_id=1, eos_token_id=2)
@@ -60,13 +83,23 @@ def write_tiny_llama(path, *, quantized: bool, tied: bool = False, arch: str = "
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(10000.0)
     writer.add_rope_dimension_count(HIDDEN // HEADS)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(TOKENS)
-    writer.add_token_scores(SCORES)
-    writer.add_token_types(TYPES)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
+    if vocab is None:
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list(TOKENS)
+        writer.add_token_scores(SCORES)
+        writer.add_token_types(TYPES)
+        writer.add_bos_token_id(1)
+        writer.add_eos_token_id(2)
+        writer.add_unk_token_id(0)
+    else:
+        writer.add_tokenizer_model("gpt2")
+        if pre:
+            writer.add_tokenizer_pre(pre)
+        writer.add_token_list(vocab["tokens"])
+        writer.add_token_merges(vocab["merges"])
+        writer.add_token_types(vocab["types"])
+        writer.add_bos_token_id(vocab["bos"])
+        writer.add_eos_token_id(vocab["eos"])
     writer.add_chat_template("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
                              "{% if add_generation_prompt %}<s>assistant: {% endif %}")
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",

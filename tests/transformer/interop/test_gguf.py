@@ -13,7 +13,7 @@ transformers = pytest.importorskip("transformers")
 
 from transformer.interop.gguf import GGUFError, gguf_model_config, gguf_tokenizer, load_gguf  # noqa: E402
 
-from .gguf_helpers import HEADS, HIDDEN, KV_HEADS, TOKENS, _permute, write_tiny_llama  # noqa: E402
+from .gguf_helpers import HEADS, HIDDEN, KV_HEADS, TOKENS, _permute, byte_level_vocab, write_tiny_llama  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -67,6 +67,21 @@ def test_gguf_tokenizer_ids_equal_transformers(tmp_path):
                                                                                                skip_special_tokens=True)
     assert ours.eos_id == 2 and ours.bos_id == 1 and "messages" in ours.chat_template
     assert load_gguf(path).cfg.tie_embeddings
+
+
+@pytest.mark.parametrize("pre", [None, "llama-bpe", "qwen2"])
+def test_byte_level_gguf_tokenizer_ids_equal_transformers(tmp_path, pre):
+    """SmolLM / Llama-3 / Qwen-style files: byte-level BPE with merges and the pre-tokenizer split they name."""
+    texts = ["Hello world, it's 2024 and the numbers 123456 split.", "  two spaces\n\nnew lines\tand tabs",
+             "Ünïcode ✓ émoji 🙂 and CamelCaseWords"] * 20
+    path = tmp_path / "bpe.gguf"
+    write_tiny_llama(path, quantized=False, vocab=byte_level_vocab(texts), pre=pre)
+    reference = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file="bpe.gguf")
+    ours = gguf_tokenizer(path)
+    for text in texts[:3] + ["<|endoftext|>after the end", "it'll be 99999 ms"]:
+        assert ours.encode(text) == reference(text)["input_ids"], (pre, text)
+        assert ours.decode(ours.encode(text)) == reference.decode(reference(text)["input_ids"])
+    assert ours.eos_id == ours.tok.token_to_id("<|endoftext|>")
 
 
 def test_bad_gguf_files_are_one_line_errors(tmp_path):
