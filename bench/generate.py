@@ -298,6 +298,29 @@ def part_real_size(args) -> None:
         achieved = weight_bytes * rate["ours"]
         print(f"| {str(dtype).removeprefix('torch.')} | {weight_bytes / 1e6:,.0f} | {rate['ours']:.2f} | {rate['hf']:.2f} | "
               f"{rate['ours'] / rate['hf']:.2f} | {achieved / 1e9:.2f} | {achieved / bandwidth:.0%} | {same} |")
+    if args.compiled_step:
+        compiled_step(ours32.to(torch.float32), prompt)
+
+
+def compiled_step(model, prompt) -> None:
+    """One-token decode step, eager vs ``torch.compile(dynamic=True)`` (the compile time reported apart)."""
+    step = torch.compile(lambda x, caches: model(x, caches=caches, num_logits=1).logits, dynamic=True)
+    with torch.inference_mode():
+        caches = model.new_caches(1, prompt.shape[1] + 64)
+        model(prompt, caches=caches, num_logits=1)
+        token = prompt[:, -1:]
+        t0 = time.perf_counter()
+        for _ in range(3):
+            step(token, caches)
+        compile_s = time.perf_counter() - t0
+        times = {}
+        for name, fn in (("eager", lambda: model(token, caches=caches, num_logits=1)), ("compiled", lambda: step(token, caches))):
+            t0 = time.perf_counter()
+            for _ in range(20):
+                fn()
+            times[name] = (time.perf_counter() - t0) / 20
+    print(f"\nfp32 decode step: eager {times['eager'] * 1e3:.1f} ms, torch.compile(dynamic=True) {times['compiled'] * 1e3:.1f} ms "
+          f"({times['eager'] / times['compiled']:.2f}x) after {compile_s:.0f} s of compiling and first steps")
 
 
 def main() -> None:
@@ -312,6 +335,7 @@ def main() -> None:
     parser.add_argument("--long-prompt", type=int, default=2048, help="part 2: prompt length of the prefill memory case")
     parser.add_argument("--prefill-batch", type=int, default=4, help="part 2: prompts in the prefill memory case")
     parser.add_argument("--real-new-tokens", type=int, default=24, help="part 4: new tokens per run")
+    parser.add_argument("--compiled-step", action="store_true", help="part 4: also time a torch.compile'd decode step")
     parser.add_argument("--only", choices=("types", "prefill", "paged", "hf", "real"), action="append",
                         help="run only these parts (repeatable); default: types, prefill, paged, hf (--only real: part 4)")
     args = parser.parse_args()
