@@ -16,7 +16,8 @@ from importlib import import_module
 
 _EXPORTS = {
     "AttentionLayer": ".base", "AttentionConfig": ".config", "GroupQueryAttention": ".gqa", "KVCache": ".kv_cache",
-    "AttentionMask": ".masks", "MultiHeadAttention": ".mha", "MultiHeadLatentAttention": ".mla", "MultiQueryAttention": ".mqa",
+    "CACHE_KINDS": ".cache_kinds", "new_kv_cache": ".cache_kinds", "PagedKVCache": ".paged_cache",
+    "QuantizedKVCache": ".quantized_cache", "AttentionMask": ".masks", "MultiHeadAttention": ".mha", "MultiHeadLatentAttention": ".mla", "MultiQueryAttention": ".mqa",
     "ALiBi": ".positional", "RelativePositionBias": ".positional", "RotaryEmbedding": ".positional",
     "alibi_slopes": ".positional", "apply_rotary": ".positional", "sinusoidal_table": ".positional",
     "ATTENTION_BACKENDS": ".sdpa", "scaled_dot_product_attention": ".sdpa",
