@@ -51,6 +51,7 @@ class PagedKVCache(CacheBase):
         if starts.shape != (batch_size,) or bool((starts < 0).any()):
             raise ValueError(f"paged KV cache: row_starts must be {batch_size} non-negative positions, got {starts.tolist()}")
         self.row_starts = starts.to(device)
+        self._next_block = [start // block_size for start in starts.tolist()]  # per row: first logical block not yet taken
         self.capacity = 0
         self.pools = [torch.zeros(0, n, w, dtype=dtype, device=device) for n, w in streams]
         self.free: list[int] = []
@@ -76,10 +77,12 @@ class PagedKVCache(CacheBase):
         positions = torch.arange(begin, end, device=self.block_table.device)  # [s]
         real = positions[None, :] >= self.row_starts[:, None]  # [b, s]: not left padding
         bs = self.block_size
-        for row, start in enumerate(self.row_starts.tolist()):  # blocks this call writes real tokens into
-            for block in range(max(begin, start) // bs, (end - 1) // bs + 1) if max(begin, start) < end else ():
-                if self.block_table[row, block] < 0:
-                    self.block_table[row, block] = self._take_block()
+        last = (end - 1) // bs
+        for row, block in enumerate(self._next_block):  # rows take blocks in order, from the block of their first real token
+            if block <= last:
+                for logical in range(block, last + 1):
+                    self.block_table[row, logical] = self._take_block()
+                self._next_block[row] = last + 1
         slots = self.block_table[:, positions // bs] * bs + positions % bs  # [b, s]
         slots = torch.where(real, slots, torch.full_like(slots, -1))
         self.slots[:, begin:end] = slots
@@ -106,6 +109,7 @@ class PagedKVCache(CacheBase):
         self.length = 0
         self.free = list(range(self.capacity - 1, -1, -1))
         self.block_table.fill_(-1)
+        self._next_block = [start // self.block_size for start in self.row_starts.tolist()]
         self.slots.fill_(-1)
 
     def reorder(self, index: Tensor) -> None:
@@ -113,6 +117,7 @@ class PagedKVCache(CacheBase):
         self.block_table = self.block_table.index_select(0, index)
         self.slots = self.slots.index_select(0, index)
         self.row_starts = self.row_starts.index_select(0, index)
+        self._next_block = [self._next_block[i] for i in index.tolist()]
         in_use = set(self.block_table[self.block_table >= 0].tolist())
         self.free = [b for b in range(self.capacity - 1, -1, -1) if b not in in_use]
 
