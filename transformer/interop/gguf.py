@@ -10,7 +10,7 @@ What is read, with the ``gguf`` package (the ``[gguf]`` extra), never by hand:
 
 - **metadata** -> a Llama ``config.json`` dict (``{arch}.block_count``, ``embedding_length``, ``feed_forward_length``,
   ``attention.head_count[_kv]``, ``attention.layer_norm_rms_epsilon``, ``rope.freq_base``, linear
-  ``rope.scaling``, ``context_length``), then the same config reader and parameter rules as a Hugging Face
+  ``rope.scaling``, ``attention.sliding_window``, ``context_length``), then the same config reader and parameter rules as a Hugging Face
   directory (:func:`~.hf.model_from_hf_state`), so the two cannot drift apart;
 - **tensors** -> dequantized to fp32 with ``gguf.quants.dequantize`` (F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q5_0,
   Q5_1 and the K-quants Q2_K ... Q6_K); llama.cpp stores ``attn_q`` / ``attn_k`` rows permuted for its
@@ -123,6 +123,9 @@ def _hf_config(meta: dict, tensor_names: set[str], where: str) -> dict:
         "tie_word_embeddings": "output.weight" not in tensor_names,
         "attention_bias": "blk.0.attn_q.bias" in tensor_names,
     }
+    window = key("attention.sliding_window", required=False)
+    if window:
+        hf["sliding_window"] = int(window)  # Mistral v0.1
     head_dim = key("attention.key_length", required=False) or key("rope.dimension_count", required=False)
     if head_dim and int(head_dim) != hidden // heads:
         hf["head_dim"] = int(head_dim)
@@ -253,9 +256,10 @@ def gguf_tokenizer(path: str | os.PathLike):
             merges = _merges_from_scores(tokens, meta.get("tokenizer.ggml.scores") or [0.0] * len(tokens))
         unk = tokens[special["unk"]] if special["unk"] is not None else None
         tok = Tokenizer(models.BPE(vocab=vocab, merges=merges, unk_token=unk, fuse_unk=True, byte_fallback=True))
-        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=False)
-        tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(),
-                                         decoders.Strip(content=" ", left=1, right=0)])
+        prefix = meta.get("tokenizer.ggml.add_space_prefix", True)  # SentencePiece's add_dummy_prefix
+        tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first" if prefix else "never", split=False)
+        steps = [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse()]
+        tok.decoder = decoders.Sequence(steps + ([decoders.Strip(content=" ", left=1, right=0)] if prefix else []))
         add_bos_default = True  # llama.cpp adds BOS to a SentencePiece vocabulary unless the file says otherwise
     elif kind == "gpt2":
         if merges is None:

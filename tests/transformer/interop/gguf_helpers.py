@@ -58,10 +58,10 @@ def byte_level_vocab(texts: list[str], size: int = 320) -> dict:
 
 
 def write_tiny_llama(path, *, quantized: bool, tied: bool = False, arch: str = "llama", vocab: dict | None = None,
-                     pre: str | None = None):
+                     pre: str | None = None, extra: dict | None = None):
     """A random LlamaForCausalLM converted to GGUF the way llama.cpp does: HF model returned too. ``vocab``:
     a byte-level vocabulary (:func:`byte_level_vocab`, with ``tokenizer.ggml.pre`` = ``pre``) instead of the
-    SentencePiece one."""
+    SentencePiece one. ``extra``: more metadata, ``{key: value}`` (ints, floats, bools, strings)."""
     import gguf
     import transformers
     from gguf import GGMLQuantizationType as Q
@@ -100,6 +100,9 @@ def write_tiny_llama(path, *, quantized: bool, tied: bool = False, arch: str = "
         writer.add_token_types(vocab["types"])
         writer.add_bos_token_id(vocab["bos"])
         writer.add_eos_token_id(vocab["eos"])
+    for key, value in (extra or {}).items():
+        add = {bool: writer.add_bool, int: writer.add_uint32, float: writer.add_float32, str: writer.add_string}[type(value)]
+        add(key, value)
     writer.add_chat_template("{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}</s>{% endfor %}"
                              "{% if add_generation_prompt %}<s>assistant: {% endif %}")
     names = {"model.embed_tokens.weight": "token_embd.weight", "model.norm.weight": "output_norm.weight",

@@ -84,6 +84,17 @@ def test_byte_level_gguf_tokenizer_ids_equal_transformers(tmp_path, pre):
     assert ours.eos_id == ours.tok.token_to_id("<|endoftext|>")
 
 
+def test_mistral_window_and_no_space_prefix_are_read(tmp_path):
+    path = tmp_path / "mistral.gguf"
+    write_tiny_llama(path, quantized=False, arch="mistral",
+                     extra={"mistral.attention.sliding_window": 8, "tokenizer.ggml.add_space_prefix": False})
+    assert gguf_model_config(path).attention.sliding_window == 8
+    tokenizer = gguf_tokenizer(path)
+    assert tokenizer.tok.id_to_token(tokenizer.encode("hello")[1]) != "▁hello"  # no dummy prefix: "hello" is not "▁hello"
+    assert tokenizer.decode(tokenizer.encode("hello world"), skip_special_tokens=True) == "hello world"
+    assert load_gguf(path).cfg.attention.sliding_window == 8
+
+
 def test_bad_gguf_files_are_one_line_errors(tmp_path):
     path = tmp_path / "tiny.gguf"
     write_tiny_llama(path, quantized=True)
