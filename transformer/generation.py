@@ -170,9 +170,12 @@ def generate_seq2seq(
     attention_mask: Tensor | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    cache: str = "contiguous",
+    cache_options: dict | None = None,
 ) -> Tensor:
     """Decode from the encoder's memory of ``input_ids`` ``[b, s]``; returns decoder ids ``[b, 1 + n]``
-    starting with the decoder start token."""
+    starting with the decoder start token. ``cache`` / ``cache_options``: the decoder self-attention cache kind,
+    as in :func:`generate` (the memory's cross-attention cache is written once and stays contiguous)."""
     _check(max_new_tokens, temperature, top_k, top_p)
     if max_new_tokens + 1 > model.cfg.max_seq_len:
         raise ValueError(f"1 + max_new_tokens {max_new_tokens} exceeds model.max_seq_len={model.cfg.max_seq_len}")
@@ -182,7 +185,10 @@ def generate_seq2seq(
         b = input_ids.shape[0]
         memory = model.encode(input_ids, attention_mask)  # once
         tokens = torch.full((b, 1), model.decoder_start_token_id, dtype=input_ids.dtype, device=input_ids.device)
-        caches = model.new_caches(b, max_new_tokens + 1, memory_len=memory.shape[1]) if use_cache else None
+        if not use_cache and (cache != "contiguous" or cache_options):
+            raise ValueError(f"cache={cache!r} needs the KV cache (use_cache=True)")
+        caches = model.new_caches(b, max_new_tokens + 1, memory_len=memory.shape[1], kind=cache,
+                                  **(cache_options or {})) if use_cache else None
         finished = torch.zeros(b, dtype=torch.bool, device=input_ids.device)
         for _ in range(max_new_tokens):
             step = tokens[:, -1:] if use_cache else tokens

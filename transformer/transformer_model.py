@@ -243,10 +243,13 @@ class EncoderDecoder(nn.Module, _Reports):
         aux = [a for a in (enc_aux, out.aux_loss) if a is not None]
         return LMOutput(logits, loss, sum(aux) if aux else None, count)
 
-    def new_caches(self, batch_size: int, max_seq_len: int, *, memory_len: int, dtype=None, device=None) -> list[LayerCache]:
+    def new_caches(self, batch_size: int, max_seq_len: int, *, memory_len: int, dtype=None, device=None,
+                   kind: str = "contiguous", **options) -> list[LayerCache]:
+        """Decoder caches: self-attention of ``kind`` (``transformer.attention.cache_kinds``), cross-attention of the
+        ``memory_len``-token memory contiguous."""
         weight = self.embed.tokens.weight  # never adapted or quantised: the model's dtype and device
         return self.decoder.new_caches(batch_size, max_seq_len, memory_len=memory_len,
-                                       dtype=dtype or weight.dtype, device=device or weight.device)
+                                       dtype=dtype or weight.dtype, device=device or weight.device, kind=kind, **options)
 
     def generate(self, input_ids: Tensor, max_new_tokens: int, **kwargs) -> Tensor:
         """Seq2seq generation with the encoder run once; see :func:`transformer.generation.generate_seq2seq`."""

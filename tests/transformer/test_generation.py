@@ -42,6 +42,9 @@ def test_seq2seq_generate_with_cached_memory_equals_recomputed():
     a = model.generate(src, 10, temperature=0, attention_mask=mask)
     b = model.generate(src, 10, temperature=0, attention_mask=mask, use_cache=False)
     assert a.shape == (2, 11) and torch.equal(a, b)
+    assert torch.equal(model.generate(src, 10, temperature=0, attention_mask=mask, cache="paged",
+                                      cache_options={"block_size": 4}), a)
+    assert model.generate(src, 10, temperature=0, attention_mask=mask, cache="int8").shape == (2, 11)
 
 
 def test_stops_at_eos_and_refuses_to_exceed_max_seq_len():
