@@ -185,23 +185,16 @@ def part_paged_memory(args) -> None:
     print("| cache | allocated MiB (all layers) | real tokens at the kind's bytes/token, MiB | allocated / used | same tokens as contiguous |")
     print("|---|---:|---:|---:|---|")
     results = {}
+    starts = (mask == 0).sum(dim=1)  # left padding per row
     for kind, options in (("contiguous", {}), ("paged", {"block_size": 16}), ("int8", {}), ("int4", {})):
-        captured = {}
-        original = model.new_caches
-
-        def spy(*a, **kw):
-            captured["caches"] = original(*a, **kw)
-            return captured["caches"]
-
-        model.new_caches = spy
-        try:
-            results[kind] = generate(model, ids, n, temperature=0, attention_mask=mask, cache=kind, cache_options=options)
-        finally:
-            model.new_caches = original
-        caches = [c.self_attn for c in captured["caches"]]
+        results[kind] = generate(model, ids, n, temperature=0, attention_mask=mask, cache=kind, cache_options=options)
+        # the same tokens through a cache of this kind, as generate fed them: what the cache then holds
+        caches = model.new_caches(len(lengths), total + n, kind=kind, row_starts=starts, **options)
+        with torch.inference_mode():
+            prefill(model, results[kind], caches, torch.cat([mask, torch.ones_like(mask[:, :n])], dim=1))
+        caches = [c.self_attn for c in caches]
         allocated = sum(c.allocated_bytes() for c in caches)
-        real_tokens = int(mask.sum()) + len(lengths) * n
-        used = real_tokens * sum(c.bytes_per_token() for c in caches)
+        used = (int(mask.sum()) + len(lengths) * n) * sum(c.bytes_per_token() for c in caches)  # real tokens only
         same = torch.equal(results[kind], results["contiguous"])
         print(f"| {kind}{' (block 16)' if kind == 'paged' else ''} | {allocated / 2**20:,.2f} | {used / 2**20:,.2f} | "
               f"{allocated / used:.2f} | {same} |")
