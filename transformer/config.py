@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .attention.registry import available_attention_types
-from .attention.config import AttentionConfig, check_known_keys
+from .attention.config import FAMILY_OPTIONS, AttentionConfig, check_known_keys
 from .validation import choice, in_range, positive_fields
 
 MODEL_KINDS = ("lm", "encoder", "encoder_decoder")
@@ -34,13 +34,12 @@ class ModelAttentionConfig(AttentionConfig):
         choice("model.attention.type", self.type, available_attention_types())
 
     def layer_options(self) -> dict[str, Any]:
-        """Keyword options for ``get_attention`` (everything but ``type``; unset MLA options left out)."""
+        """Keyword options for ``get_attention`` (everything but ``type``; unset per-family options left out)."""
         options = {f.name: getattr(self, f.name) for f in dataclasses.fields(AttentionConfig)}
-        if self.type != "mla":
-            for name in ("kv_lora_rank", "q_lora_rank", "rope_head_dim", "v_head_dim", "mla_absorb"):
-                if options[name] is None:
-                    del options[name]
-        if self.type in ("mha", "mqa", "mla") and options["num_kv_heads"] is None:
+        for name in FAMILY_OPTIONS:
+            if options[name] is None:
+                del options[name]
+        if options["num_kv_heads"] is None:
             del options["num_kv_heads"]
         return options
 
@@ -114,7 +113,19 @@ class ModelConfig:
     gradient_checkpointing: bool = False
     """Recompute each block's activations in the backward pass (saves memory, costs ~30% time)."""
     attention: ModelAttentionConfig = field(default_factory=ModelAttentionConfig)
-    """The attention layer: type and options (see ``transformer.attention.config.AttentionConfig``)."""
+    """The attention layer: type and options (see ``transformer.attention.config.AttentionConfig``); every layer's
+    default, which ``attention_pattern`` and ``attention_layers`` override per layer."""
+    attention_pattern: list[str] | None = None
+    """Per-layer attention: names from ``attention_variants``, repeated over the depth (layer i uses entry
+    ``i mod len``). ``[local, local, local, global]`` gives three local layers per global one (Gemma-style).
+    In an encoder-decoder the pattern runs over each stack from its first layer."""
+    attention_variants: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Named sets of ``model.attention`` keys (``type``, ``sliding_window``, ``num_kv_heads``, ``positional``,
+    ``rope_theta``, any other) that override the default for the layers ``attention_pattern`` gives them; ``{}``
+    keeps the default."""
+    attention_layers: dict[Any, dict[str, Any]] = field(default_factory=dict)
+    """Explicit per-layer overrides by 0-based layer index (negative counts from the end), applied after the
+    pattern: ``{0: {type: mha}}``."""
 
     def __post_init__(self) -> None:
         if isinstance(self.attention, dict):
@@ -138,6 +149,86 @@ class ModelConfig:
             self.attention.resolve_heads(self.embed_dim, self.num_heads)
         except ValueError as err:
             raise ValueError(f"model.attention: {err}") from None
+        self._check_layer_attention()
+
+    # ------------------------------------------------------------------ per-layer attention
+    def _check_layer_attention(self) -> None:
+        """Validate the pattern, its variants and the per-layer overrides, and build every layer's config once,
+        so a bad value fails at config time naming its key."""
+        if self.attention_pattern is not None:
+            if isinstance(self.attention_pattern, str) or not list(self.attention_pattern):
+                raise ValueError(f"model.attention_pattern={self.attention_pattern!r} must be a non-empty list of names "
+                                 f"from model.attention_variants, e.g. [local, local, global]")
+            self.attention_pattern = [str(name) for name in self.attention_pattern]
+            for name in self.attention_pattern:
+                if name not in self.attention_variants:
+                    known = ", ".join(sorted(self.attention_variants)) or "none defined"
+                    raise ValueError(f"model.attention_pattern names {name!r}, which model.attention_variants does not define "
+                                     f"(defined: {known}); add model.attention_variants.{name}: {{...}}")
+        for name, options in self.attention_variants.items():
+            self._check_overrides(options or {}, f"model.attention_variants.{name}")
+        depth = min(self.stack_depths())
+        layers = {}
+        for key, options in self.attention_layers.items():
+            try:
+                index = int(key)
+            except (TypeError, ValueError):
+                raise ValueError(f"model.attention_layers key {key!r} must be a layer index (0-based, negative from the end)") from None
+            if not -depth <= index < depth:
+                raise ValueError(f"model.attention_layers.{key}: layer {index} is outside the {depth} layers of the stack")
+            self._check_overrides(options or {}, f"model.attention_layers.{key}")
+            layers[index] = dict(options or {})
+        self.attention_layers = layers
+        for depth in self.stack_depths():
+            for index in range(depth):
+                self.layer_attention(index, depth)
+
+    @staticmethod
+    def _check_overrides(options: Any, where: str) -> None:
+        if not isinstance(options, dict):
+            raise ValueError(f"{where}={options!r} must be a mapping of model.attention keys (e.g. {{sliding_window: 128}})")
+        check_known_keys(options, ModelAttentionConfig, what="config key", prefix=f"{where}.")
+
+    def stack_depths(self) -> list[int]:
+        """Blocks per stack: ``[num_layers]``, or encoder and decoder depths for an encoder-decoder."""
+        if self.kind == "encoder_decoder":
+            return [self.num_layers, self.num_decoder_layers or self.num_layers]
+        return [self.num_layers]
+
+    @property
+    def uniform_attention(self) -> bool:
+        """Every layer uses ``model.attention`` as written (no pattern, no per-layer override)."""
+        return self.attention_pattern is None and not self.attention_layers
+
+    def layer_attention(self, index: int, num_layers: int) -> ModelAttentionConfig:
+        """The attention config of layer ``index`` (0-based) of a stack of ``num_layers``: the default, then the
+        pattern's variant for this depth, then the layer's own overrides."""
+        if self.uniform_attention:
+            return self.attention
+        options = {f.name: getattr(self.attention, f.name) for f in dataclasses.fields(ModelAttentionConfig)}
+        where, explicit = "model.attention", {}
+        if self.attention_pattern is not None:
+            name = self.attention_pattern[index % len(self.attention_pattern)]
+            explicit.update(self.attention_variants[name] or {})
+            where = f"model.attention_variants.{name}"
+        for key in (index, index - num_layers):
+            if key in self.attention_layers:
+                explicit.update(self.attention_layers[key])
+                where = f"model.attention_layers.{key}"
+        options.update(explicit)
+        if options["type"] != self.attention.type:  # inherited options another type cannot take are dropped
+            family = "gqa" if options["type"] in ("mha", "mqa", "gqa") else options["type"]
+            for name, owner in FAMILY_OPTIONS.items():
+                if owner != family and name not in explicit:
+                    options[name] = None
+            if options["type"] in ("mha", "mqa", "mla") and "num_kv_heads" not in explicit:
+                options["num_kv_heads"] = None  # these types fix their own key/value head count
+        try:
+            att = ModelAttentionConfig(**options)
+            att.resolve_heads(self.embed_dim, self.num_heads)
+        except ValueError as err:
+            raise ValueError(f"{where} (layer {index}): {err}") from None
+        return att
 
     @property
     def mlp_hidden_dim(self) -> int:
@@ -158,4 +249,4 @@ class ModelConfig:
         check_known_keys(data, cls, what="config key", prefix="model.")
         attention = dict(data.pop("attention", {}) or {})
         check_known_keys(attention, ModelAttentionConfig, what="config key", prefix="model.attention.")
-        return cls(**data, attention=ModelAttentionConfig(**attention))
+        return cls(**data, attention=ModelAttentionConfig(**attention))  # attention_layers keys: str in JSON, int here

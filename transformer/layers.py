@@ -7,7 +7,7 @@ Shape legend: b batch, s sequence, D embed_dim, F MLP hidden width, E experts, V
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -89,12 +89,41 @@ class MixtureOfExperts(nn.Module):
 
 @dataclass
 class StackContext:
-    """What every block of one forward shares, built once by the stack (not per layer)."""
+    """What every block of one forward shares, built once by the stack: the mask and RoPE tables of each
+    distinct layer setting (a local/global pattern has two masks; layers with equal RoPE share one table)."""
 
-    mask: AttentionMask | None
-    rope: tuple[Tensor, Tensor] | None = None
+    q_len: int  # s: new positions in this forward
+    causal: bool
+    device: torch.device
+    padding_mask: Tensor | None = None  # [b, past + s], 1 = real token
+    document_ids: Tensor | None = None  # [b, s] packed documents
+    position_ids: Tensor | None = None  # [b, s] RoPE positions (packed documents restart at 0)
+    past: int = 0  # tokens already cached
     memory: Tensor | None = None  # [b, m, D] encoder output for cross-attention
     memory_mask: AttentionMask | None = None
+    masks: dict = field(default_factory=dict)
+    ropes: dict = field(default_factory=dict)
+
+    def mask_for(self, window: int | None, kv_len: int) -> AttentionMask:
+        """The mask of a layer with this sliding ``window`` reading ``kv_len`` keys (fewer than ``past + s``
+        when its cache is a rolling window: the padding mask's last ``kv_len`` columns apply)."""
+        key = (window, kv_len)
+        if key not in self.masks:
+            padding = self.padding_mask
+            if padding is not None and padding.shape[1] == self.past + self.q_len > kv_len:
+                padding = padding[:, -kv_len:]
+            self.masks[key] = AttentionMask.build(self.q_len, kv_len, causal=self.causal, window=window,
+                                                  padding_mask=padding, device=self.device, document_ids=self.document_ids)
+        return self.masks[key]
+
+    def rope_for(self, rotary) -> tuple[Tensor, Tensor] | None:
+        """``(cos, sin)`` of ``rotary`` (a RoPE module) at this forward's positions, shared by equal modules."""
+        if rotary is None:
+            return None
+        if rotary.signature not in self.ropes:
+            self.ropes[rotary.signature] = (rotary(self.position_ids) if self.position_ids is not None
+                                            else rotary.for_range(self.past, self.q_len, self.device))
+        return self.ropes[rotary.signature]
 
 
 @dataclass
@@ -108,17 +137,24 @@ class LayerCache:
 class TransformerBlock(nn.Module):
     """Self-attention (+ optional cross-attention) + MLP, each a residual branch; pre- or post-norm."""
 
-    def __init__(self, cfg: ModelConfig, *, causal: bool, cross_attention: bool, num_layers: int) -> None:
+    def __init__(self, cfg: ModelConfig, *, causal: bool, cross_attention: bool, num_layers: int, index: int = 0) -> None:
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.residual_scale = cfg.residual_scale
-        options = cfg.attention.layer_options()
-        options.update(causal=causal, num_layers=num_layers, init_std=cfg.init_std)
-        self.attn = get_attention(cfg.attention.type, cfg.embed_dim, cfg.num_heads, **options)
+        att = cfg.layer_attention(index, num_layers)  # the default, or this depth's pattern entry / override
+        options = att.layer_options()
+        options.update(causal=causal, num_layers=num_layers, init_std=cfg.init_std, layer_index=index)
+        self.attn = get_attention(att.type, cfg.embed_dim, cfg.num_heads, **options)
         self.norm1 = make_norm(cfg)
         self.cross_attn = None
-        if cross_attention:  # no positions across two sequences, never causal
-            cross = dict(options, causal=False, positional="none", sliding_window=None)
+        if cross_attention:  # the model's default type; no positions across two sequences, never causal
+            cross = cfg.attention.layer_options()
+            cross.update(causal=False, positional="none", sliding_window=None, num_layers=num_layers, init_std=cfg.init_std,
+                         layer_index=index)
+            if not getattr(_attention_class(cfg.attention.type), "supports_cross_attention", True):
+                raise ValueError(f"model.attention.type={cfg.attention.type!r} has no cross-attention; an encoder_decoder "
+                                 f"needs a softmax type (mha, mqa, gqa, mla, differential) as model.attention.type and the "
+                                 f"others through model.attention_pattern / attention_layers")
             self.cross_attn = get_attention(cfg.attention.type, cfg.embed_dim, cfg.num_heads, **cross)
             self.norm_cross = make_norm(cfg)
         init = dict(init_std=cfg.init_std, out_std=cfg.init_std / math.sqrt(2 * num_layers))
@@ -139,22 +175,31 @@ class TransformerBlock(nn.Module):
         return x + h if self.pre_norm else norm(x + h)
 
     def forward(self, x: Tensor, ctx: StackContext, cache: LayerCache | None = None) -> tuple[Tensor, Tensor | None]:
-        """``[b, s, D] -> ([b, s, D], MoE aux loss or None)``."""
-        x = self._residual(x, self.norm1, lambda h: self.attn(
-            h, attention_mask=ctx.mask, rope=ctx.rope, cache=None if cache is None else cache.self_attn))
+        """``[b, s, D] -> ([b, s, D], load-balancing aux loss or None)`` (MoE MLP and SwitchHead attention)."""
+        own = None if cache is None else cache.self_attn
+        kv_len = ctx.q_len if own is None else own.keys_after(ctx.q_len)
+        mask = ctx.mask_for(self.attn.sliding_window, kv_len)
+        x = self._residual(x, self.norm1, lambda h: self.attn(h, attention_mask=mask, rope=ctx.rope_for(self.attn.rotary), cache=own))
+        aux = getattr(self.attn, "last_aux_loss", None)
         if self.cross_attn is not None:
             x = self._residual(x, self.norm_cross, lambda h: self.cross_attn(
                 h, ctx.memory, attention_mask=ctx.memory_mask, cache=None if cache is None else cache.cross_attn))
-        aux = None
         if isinstance(self.mlp, MixtureOfExperts):
             def moe_branch(h):
                 nonlocal aux
-                out, aux = self.mlp(h)
+                out, mlp_aux = self.mlp(h)
+                aux = mlp_aux if aux is None else aux + mlp_aux
                 return out
             x = self._residual(x, self.norm2, moe_branch)
         else:
             x = self._residual(x, self.norm2, self.mlp)
         return x, aux
+
+
+def _attention_class(name: str):
+    from .attention.registry import _builder  # the registry's entries live in transformer/attention/registry.py
+
+    return _builder(name)
 
 
 class TokenEmbedding(nn.Module):

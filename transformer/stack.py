@@ -27,19 +27,14 @@ class TransformerStack(nn.Module):
     def __init__(self, cfg: ModelConfig, *, causal: bool, cross_attention: bool = False, num_layers: int | None = None) -> None:
         super().__init__()
         num_layers = num_layers or cfg.num_layers
-        self.causal, self.window = causal, cfg.attention.sliding_window
+        self.causal = causal
         self.blocks = nn.ModuleList(
-            TransformerBlock(cfg, causal=causal, cross_attention=cross_attention, num_layers=num_layers)
-            for _ in range(num_layers)
+            TransformerBlock(cfg, causal=causal, cross_attention=cross_attention, num_layers=num_layers, index=i)
+            for i in range(num_layers)
         )
         # Pre-norm stacks end with a norm (the residual stream is never normalised otherwise).
         self.final_norm = make_norm(cfg) if cfg.norm_position == "pre" else nn.Identity()
         self.gradient_checkpointing = cfg.gradient_checkpointing
-
-    @property
-    def rotary(self):
-        """The first block's RoPE module; its tables are computed once and handed to every block."""
-        return self.blocks[0].attn.rotary
 
     def forward(
         self,
@@ -58,13 +53,10 @@ class TransformerStack(nn.Module):
         and ``document_ids`` ``[b, s]`` (attention only within a document) for packed sequences."""
         b, s, _ = x.shape
         past = caches[0].self_attn.length if caches else 0
-        mask = AttentionMask.build(
-            s, past + s, causal=self.causal, window=self.window, padding_mask=attention_mask, device=x.device,
-            document_ids=document_ids,
-        )
-        ctx = StackContext(mask=mask)  # even when empty: layers then skip building their own
-        if self.rotary is not None:
-            ctx.rope = self.rotary(position_ids) if position_ids is not None else self.rotary.for_range(past, s, x.device)
+        # Masks and RoPE tables are built once per distinct layer setting and shared (even an empty mask: layers
+        # then skip building their own).
+        ctx = StackContext(s, self.causal, x.device, padding_mask=attention_mask, document_ids=document_ids,
+                           position_ids=position_ids, past=past)
         if memory is not None:
             ctx.memory = memory
             if memory_mask is not None:
@@ -99,3 +91,8 @@ class TransformerStack(nn.Module):
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
         """Self-attention cache bytes one more token costs, summed over blocks."""
         return sum(block.attn.kv_cache_bytes_per_token(dtype) for block in self.blocks)
+
+    def kv_cache_bytes(self, seq_len: int, dtype: torch.dtype = torch.float32) -> int:
+        """Self-attention decoding state of one sequence of ``seq_len`` tokens, summed over blocks (each layer's
+        own rule: rolling windows are capped, linear attention's state is constant)."""
+        return sum(block.attn.kv_cache_bytes(seq_len, dtype) for block in self.blocks)

@@ -60,9 +60,21 @@ class _Reports:
         """Bytes of decoding cache one more token costs across all self-attention layers."""
         return self.decoder.kv_cache_bytes_per_token(dtype) if hasattr(self, "decoder") else self.encoder.kv_cache_bytes_per_token(dtype)
 
+    def kv_cache_bytes(self, seq_len: int | None = None, dtype: torch.dtype = torch.float32) -> int:
+        """Decoding-state bytes of one sequence of ``seq_len`` tokens (default ``max_seq_len``), summed over the
+        self-attention layers: sliding-window layers hold at most their window, linear attention a fixed state."""
+        stack = self.decoder if hasattr(self, "decoder") else self.encoder
+        return stack.kv_cache_bytes(seq_len or self.cfg.max_seq_len, dtype)
+
+    def kv_cache_bytes_per_token_at(self, seq_len: int | None = None, dtype: torch.dtype = torch.float32) -> float:
+        """:meth:`kv_cache_bytes` divided by the length: what a token costs on average at that context."""
+        seq_len = seq_len or self.cfg.max_seq_len
+        return self.kv_cache_bytes(seq_len, dtype) / seq_len
+
     def flops_per_token(self, seq_len: int | None = None, *, training: bool = True) -> float:
         """Matmul FLOPs per token (PaLM appendix B): ``2N`` forward (+``4N`` backward) for the weights,
-        plus ``2 * 2 * L * h * d * T`` forward for attention scores and values over a context of T.
+        plus each layer's attention scores and values over a context of T (``2 * h * (d_qk + d_v) * T`` for
+        softmax attention, capped by a window or a sparsity pattern; see ``attention_flops_per_token``).
         MoE counts only the ``top_k`` experts a token uses."""
         cfg = self.cfg
         seq_len = seq_len or cfg.max_seq_len
@@ -72,11 +84,8 @@ class _Reports:
         if cfg.moe_num_experts:
             per_expert = sum(p.numel() for p in self._stacks()[0].blocks[0].mlp.experts[0].parameters())
             n -= (cfg.moe_num_experts - cfg.moe_top_k) * per_expert * sum(len(s.blocks) for s in self._stacks())
-        layers = sum(len(s.blocks) for s in self._stacks())
-        attn = self._stacks()[0].blocks[0].attn
-        qk_dim = attn.head_dim + getattr(attn, "rope_head_dim", 0)
-        v_dim = getattr(attn, "v_head_dim", attn.head_dim)
-        forward = 2 * n + 2 * layers * cfg.num_heads * (qk_dim + v_dim) * seq_len
+        attention = sum(block.attn.attention_flops_per_token(seq_len) for stack in self._stacks() for block in stack.blocks)
+        forward = 2 * n + attention
         return 3 * forward if training else forward
 
     def _stacks(self) -> list[nn.Module]:
@@ -274,5 +283,6 @@ def model_report(model: nn.Module, *, seq_len: int | None = None, dtype: torch.d
         "parameters": model.num_parameters(),
         "non_embedding_parameters": model.num_parameters(non_embedding=True),
         "kv_cache_bytes_per_token": model.kv_cache_bytes_per_token(dtype),
+        "kv_cache_bytes_per_token_at_max_len": model.kv_cache_bytes_per_token_at(seq_len, dtype),
         "flops_per_token": model.flops_per_token(seq_len),
     }

@@ -77,10 +77,25 @@ class AttentionLayer(nn.Module):
         ``options`` as in :func:`~.cache_kinds.new_kv_cache` (contiguous, paged, int8, int4)."""
         from .cache_kinds import new_kv_cache  # the cache kinds import nothing from the layers
 
-        return new_kv_cache(kind, batch_size, max_seq_len, self.cache_streams(), dtype=dtype, device=device, **options)
+        return new_kv_cache(kind, batch_size, max_seq_len, self.cache_streams(), dtype=dtype, device=device,
+                            window=self.sliding_window, **options)
 
     def kv_cache_bytes_per_token(self, dtype: torch.dtype = torch.float32) -> int:
+        """Bytes one cached token holds (per sequence); a sliding-window layer stops adding them at its window."""
         raise NotImplementedError
+
+    def kv_cache_bytes(self, seq_len: int, dtype: torch.dtype = torch.float32) -> int:
+        """Decoding-state bytes per sequence after ``seq_len`` tokens with the contiguous cache: every token's
+        keys/values, or only the last ``window - 1`` of a sliding-window layer (its rolling buffer)."""
+        kept = seq_len if not self.sliding_window else min(seq_len, self.sliding_window - 1)
+        return kept * self.kv_cache_bytes_per_token(dtype)
+
+    def attention_flops_per_token(self, seq_len: int) -> float:
+        """Forward matmul FLOPs of the scores and the weighted values for one query over a context of
+        ``seq_len`` (PaLM's convention: every key of the context, causal or not), capped by the window."""
+        keys = seq_len if not self.sliding_window else min(seq_len, self.sliding_window)
+        qk = self.head_dim + getattr(self, "rope_head_dim", 0)
+        return 2.0 * self.num_heads * (qk + getattr(self, "v_head_dim", self.head_dim)) * keys
 
     @property
     def scale(self) -> float:
@@ -117,6 +132,9 @@ class AttentionLayer(nn.Module):
             rope = self.rotary.for_range(start, s, x.device)
         q, k, v = self.project(x, memory, rope, cache)
         kv_len = k.shape[-2]
+        if isinstance(attention_mask, Tensor) and not cross and attention_mask.dim() == 2 and cache is not None \
+                and attention_mask.shape[1] == cache.length > kv_len:
+            attention_mask = attention_mask[:, -kv_len:]  # a rolling window cache returns only the last keys
         mask = resolve_mask(
             attention_mask,
             q_len=s,

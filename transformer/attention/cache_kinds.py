@@ -13,7 +13,7 @@ from typing import Sequence
 
 import torch
 
-from .kv_cache import CacheBase, KVCache
+from .kv_cache import CacheBase, KVCache, RollingKVCache
 from .paged_cache import PagedKVCache
 from .quantized_cache import QuantizedKVCache
 
@@ -21,10 +21,13 @@ CACHE_KINDS = ("contiguous", "paged", "int8", "int4")
 
 
 def new_kv_cache(kind: str, batch_size: int, max_seq_len: int, streams: Sequence[tuple[int, int]], *,
-                 dtype: torch.dtype = torch.float32, device=None, row_starts=None, **options) -> CacheBase:
+                 dtype: torch.dtype = torch.float32, device=None, row_starts=None, window: int | None = None,
+                 **options) -> CacheBase:
     """A cache of ``kind`` for ``streams`` ``[(n_i, w_i), ...]``. ``row_starts`` (first real position per row,
-    after left padding) lets the paged cache skip padding; other kinds store every position. ``options``:
-    ``block_size`` (paged), ``group_size`` / ``residual`` (int8 / int4)."""
+    after left padding) lets the paged cache skip padding; other kinds store every position. ``window``: the
+    layer's sliding window; the contiguous kind then keeps only the last ``window - 1`` tokens (a rolling
+    buffer), the other kinds still store every token. ``options``: ``block_size`` (paged), ``group_size`` /
+    ``residual`` (int8 / int4)."""
     if kind not in CACHE_KINDS:
         raise ValueError(f"unknown KV cache kind {kind!r}; choose one of {', '.join(CACHE_KINDS)}")
     allowed = {"paged": {"block_size"}, "int8": {"group_size", "residual"}, "int4": {"group_size", "residual"}}.get(kind, set())
@@ -34,6 +37,8 @@ def new_kv_cache(kind: str, batch_size: int, max_seq_len: int, streams: Sequence
                          + (f" (its options: {', '.join(sorted(allowed))})" if allowed else ""))
     common = dict(dtype=dtype, device=device)
     if kind == "contiguous":
+        if window is not None and window <= max_seq_len:
+            return RollingKVCache(batch_size, max_seq_len, streams, window=window, **common)
         return KVCache(batch_size, max_seq_len, streams, **common)
     if kind == "paged":
         return PagedKVCache(batch_size, max_seq_len, streams, row_starts=row_starts, **options, **common)

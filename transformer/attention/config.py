@@ -18,6 +18,19 @@ POSITIONAL_SCHEMES = ("none", "rope", "alibi", "relative")
 BACKENDS = ("sdpa", "eager", "flex")
 ROPE_SCALINGS = ("linear", "ntk", "llama3")
 MLA_ABSORB = ("always", "never")
+SPARSE_PATTERNS = ("topk", "strided", "fixed")
+
+# Options that only one family of layers reads. Each defaults to None ("not set"); a layer of another family
+# that is given one raises (see AttentionConfig.check_family), and the model config leaves unset ones out.
+FAMILY_OPTIONS: dict[str, str] = {
+    "kv_lora_rank": "mla", "q_lora_rank": "mla", "rope_head_dim": "mla", "v_head_dim": "mla", "mla_absorb": "mla",
+    "linear_decay": "linear", "linear_chunk": "linear",
+    "diff_lambda_init": "differential",
+    "sparse_pattern": "sparse", "sparse_top_k": "sparse", "sparse_stride": "sparse", "sparse_summary": "sparse",
+    "sparse_block": "sparse",
+    "neighborhood_size": "neighborhood",
+    "switchhead_experts": "switchhead", "switchhead_top_k": "switchhead",
+}
 
 
 @dataclass
@@ -80,6 +93,40 @@ class AttentionConfig:
     query and the value up-projection applied after attention (DeepSeek-V2's absorbed decode). ``None``: when
     the operation count says it is cheaper (decode steps and short chunks); ``always``; ``never`` (expand keys
     and values from the latent, as in training)."""
+    linear_decay: bool | None = None
+    """Linear attention: decay the state by a fixed per-head factor each step, ``gamma_h = 1 - 2^(-5-h)`` as in
+    RetNet (Sun et al. 2023), so old tokens fade (``None``/``False``: no decay, Katharopoulos et al. 2020)."""
+    linear_chunk: int | None = None
+    """Linear attention: tokens per chunk of the chunked parallel form used for full sequences (``None``: 64).
+    Quadratic work inside a chunk, a recurrent state between chunks: memory and time are linear in length."""
+    diff_lambda_init: float | None = None
+    """Differential attention: the initial lambda (``None``: ``0.8 - 0.6 * exp(-0.3 * (layer - 1))`` with the
+    1-based layer depth, the paper's schedule)."""
+    sparse_pattern: str | None = None
+    """Sparse attention: ``topk`` (each query keeps its ``sparse_top_k`` largest scores), ``strided`` (the
+    previous ``sparse_stride`` keys and every ``sparse_stride``-th key before them) or ``fixed`` (keys of the
+    query's own block of ``sparse_stride`` plus the last ``sparse_summary`` keys of every block), Child et al. 2019.
+    ``None``: ``topk``."""
+    sparse_top_k: int | None = None
+    """Sparse ``topk``: keys kept per query (``None``: 32). Must not exceed the sequence length."""
+    sparse_stride: int | None = None
+    """Sparse ``strided`` / ``fixed``: the stride / block length l (``None``: 32)."""
+    sparse_summary: int | None = None
+    """Sparse ``fixed``: summary keys c at the end of each block that every later query sees (``None``: 1)."""
+    sparse_block: int | None = None
+    """Sparse ``strided`` / ``fixed``: query/key tile size of the block-sparse kernel (``None``: the stride). Only
+    tiles the pattern touches are computed, so cost follows the pattern's density."""
+    neighborhood_size: int | None = None
+    """Neighbourhood attention: keys per query (the kernel size, Hassani et al. 2023). A query attends to the
+    window centred on it, shifted inward at the sequence edges so every query sees this many keys; causal layers
+    see the previous ``neighborhood_size - 1`` keys and themselves."""
+    switchhead_experts: int | None = None
+    """SwitchHead: value and output projection experts per head (``None``: 4), Csordas et al. 2023."""
+    switchhead_top_k: int | None = None
+    """SwitchHead: experts each token uses per head (``None``: 2)."""
+    layer_index: int = 0
+    """Depth of this layer in its stack (0-based), set by the model: differential attention's lambda schedule
+    and the per-layer pattern read it."""
     norm_eps: float = 1e-6
     """Epsilon of the RMS norms used by ``qk_norm`` and MLA's latent norms."""
     init_std: float = 0.02
@@ -95,6 +142,10 @@ class AttentionConfig:
             choice("attention rope_scaling", self.rope_scaling, ROPE_SCALINGS)
         if self.mla_absorb is not None:
             choice("attention mla_absorb", self.mla_absorb, MLA_ABSORB)
+        if self.sparse_pattern is not None:
+            choice("attention sparse_pattern", self.sparse_pattern, SPARSE_PATTERNS)
+        if self.diff_lambda_init is not None:
+            in_range("attention diff_lambda_init", self.diff_lambda_init, 0.0, 1.0, high_open=True)
         in_range("attention dropout", self.dropout, 0.0, 1.0, high_open=True)
         in_range("attention rope_fraction", self.rope_fraction, 0.0, 1.0, low_open=True)
         in_range("attention rope_scaling_factor", self.rope_scaling_factor, 1.0)
@@ -103,11 +154,22 @@ class AttentionConfig:
             if not 0 < self.rope_low_freq_factor < self.rope_high_freq_factor:
                 raise ValueError(f"attention rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
                                  f"rope_high_freq_factor={self.rope_high_freq_factor}")
-        for name in ("num_kv_heads", "head_dim", "sliding_window", "kv_lora_rank", "q_lora_rank", "v_head_dim"):
+        for name in ("num_kv_heads", "head_dim", "sliding_window", "kv_lora_rank", "q_lora_rank", "v_head_dim",
+                     "linear_chunk", "sparse_top_k", "sparse_stride", "sparse_summary", "sparse_block", "neighborhood_size",
+                     "switchhead_experts", "switchhead_top_k"):
             positive_int(f"attention {name}", getattr(self, name), optional=True)
         if self.rope_head_dim is not None:
             in_range("attention rope_head_dim", self.rope_head_dim, 0)
         positive_int("attention num_layers", self.num_layers)
+        if isinstance(self.layer_index, bool) or not isinstance(self.layer_index, int) or not 0 <= self.layer_index:
+            raise ValueError(f"attention layer_index={self.layer_index!r} must be an integer >= 0")
+
+    def check_family(self, family: str, layer: str) -> None:
+        """Raise if an option of another family of layers (``FAMILY_OPTIONS``) is set on a ``family`` layer."""
+        for name, owner in FAMILY_OPTIONS.items():
+            if owner != family and getattr(self, name) is not None:
+                raise ValueError(f"attention option {name} is for attention type '{owner}', not {layer}; remove it "
+                                 f"or set the type to '{owner}'")
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> "AttentionConfig":

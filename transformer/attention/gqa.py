@@ -44,9 +44,7 @@ class GroupQueryAttention(AttentionLayer):
         merge_alias(options, "num_groups", "num_kv_heads", num_groups, None)
         merge_alias(options, "apply_causal_mask", "causal", apply_causal_mask, False)
         config = AttentionConfig.from_options(options)
-        for name in ("kv_lora_rank", "q_lora_rank", "rope_head_dim", "v_head_dim", "mla_absorb"):
-            if getattr(config, name) is not None:
-                raise ValueError(f"attention option {name} is for MLA (attention type 'mla'), not {type(self).__name__}")
+        config.check_family("gqa", type(self).__name__)
         super().__init__(embed_dim, num_heads, config)
         h, n_kv, d = self.num_heads, self.num_kv_heads, self.head_dim
         self.q_size, self.kv_size = h * d, n_kv * d

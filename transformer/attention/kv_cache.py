@@ -47,6 +47,11 @@ class CacheBase:
         """Bytes the cached tokens need at this cache's bytes per token (all rows)."""
         return self.length * self.batch_size * self.bytes_per_token()
 
+    def keys_after(self, s: int) -> int:
+        """How many keys ``update`` returns when given ``s`` new tokens (all of them here; a rolling window
+        cache returns fewer). The model sizes each layer's mask with it."""
+        return self.length + s
+
 
 class KVCache(CacheBase):
     """Buffers ``[b, n_i, max_seq_len, w_i]`` filled left to right; ``update`` returns the filled part."""
@@ -94,3 +99,42 @@ class KVCache(CacheBase):
     def allocated_bytes(self) -> int:
         """Bytes this cache holds (every row preallocated to ``max_seq_len``)."""
         return sum(b.numel() * b.element_size() for b in self.buffers)
+
+
+class RollingKVCache(KVCache):
+    """The contiguous cache of a sliding-window layer: it keeps only the last ``window - 1`` tokens, because no
+    later query can see an older key, so its bytes stop growing at the window (Mistral's rolling buffer).
+
+    ``length`` still counts every token (it is the next position, which RoPE needs); ``update`` returns the kept
+    tokens followed by the new ones, in position order, which is every key the new queries' windows can reach.
+    The model builds this layer's mask for ``keys_after(s)`` keys with the last columns of the padding mask.
+    """
+
+    def __init__(self, batch_size: int, max_seq_len: int, streams: Sequence[tuple[int, int]], *, window: int,
+                 dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> None:
+        if window < 1:
+            raise ValueError(f"rolling KV cache window={window} must be >= 1")
+        CacheBase.__init__(self, batch_size, max_seq_len)
+        self.window, self.kept = window, 0
+        capacity = min(window - 1, max_seq_len)
+        self.buffers = tuple(torch.zeros(batch_size, n, capacity, w, dtype=dtype, device=device) for n, w in streams)
+
+    def keys_after(self, s: int) -> int:
+        return self.kept + s
+
+    def update(self, *new: Tensor) -> tuple[Tensor, ...]:
+        """Append ``new[i]`` ``[b, n_i, s, w_i]``; return ``[b, n_i, kept + s, w_i]``: the kept window, then ``new``."""
+        s = self._check_update(new, [(b.shape[1], b.shape[3]) for b in self.buffers])
+        out = tuple(torch.cat([buffer[:, :, : self.kept], tensor], dim=2) for buffer, tensor in zip(self.buffers, new))
+        self.length += s
+        self.kept = min(self.buffers[0].shape[2], out[0].shape[2])
+        if self.kept:
+            for buffer, tensor in zip(self.buffers, out):  # out is a fresh tensor: no overlap with the buffer
+                buffer[:, :, : self.kept] = tensor[:, :, -self.kept :]
+        return out
+
+    def cached(self) -> tuple[Tensor, ...]:
+        return tuple(buffer[:, :, : self.kept] for buffer in self.buffers)
+
+    def reset(self) -> None:
+        self.length = self.kept = 0

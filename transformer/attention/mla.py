@@ -66,6 +66,7 @@ class MultiHeadLatentAttention(AttentionLayer):
         if apply_causal_mask:
             options.setdefault("causal", True)
         config = AttentionConfig.from_options(options)
+        config.check_family("mla", type(self).__name__)
         if config.qk_norm:
             raise ValueError("MLA already RMS-normalises its query and key/value latents; qk_norm does not apply")
         if config.rope_fraction != 1.0:

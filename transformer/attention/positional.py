@@ -51,6 +51,8 @@ class RotaryEmbedding(nn.Module):
         if fraction == 1.0 and head_dim % 2:
             raise ValueError(f"RoPE needs an even head_dim, got head_dim={head_dim}")
         self.head_dim, self.rot_dim = head_dim, rot
+        self.signature = (head_dim, rot, theta, scaling, scaling_factor, low_freq_factor, high_freq_factor, original_max_len)
+        """Equal signatures give equal tables: a model computes each distinct table once per forward."""
         self.position_scale = 1.0
         base = theta
         if scaling == "linear":

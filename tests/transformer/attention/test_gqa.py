@@ -105,7 +105,7 @@ def test_register_custom_attention_type():
         (lambda: get_attention("mqa", 32, 4, num_kv_heads=2), r"num_kv_heads=1 by definition"),
         (lambda: get_attention("mha", 32, 4, slidng_window=3), r"unknown attention option slidng_window; did you mean sliding_window\?"),
         (lambda: get_attention("gqa", 32, 4, num_groups=2, num_kv_heads=4), r"num_groups=2 conflicts with num_kv_heads=4"),
-        (lambda: get_attention("gqa", 32, 4, kv_lora_rank=8), r"kv_lora_rank is for MLA"),
+        (lambda: get_attention("gqa", 32, 4, kv_lora_rank=8), r"kv_lora_rank is for attention type 'mla'"),
         (lambda: get_attention("mla", 32, 4, num_kv_heads=2), r"num_kv_heads=2 does not apply"),
         (lambda: get_attention("mha", 32, 4, dropout=1.5), r"dropout=1.5"),
         (lambda: get_attention("mha", 32, 4, rope_scaling="yarn", positional="rope"), r"rope_scaling='yarn'"),
