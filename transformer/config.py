@@ -181,7 +181,10 @@ class ModelConfig:
         self.attention_layers = layers
         for depth in self.stack_depths():
             for index in range(depth):
-                self.layer_attention(index, depth)
+                att = self.layer_attention(index, depth)
+                if att.type == "sparse" and (att.sparse_top_k or 0) > self.max_seq_len:
+                    raise ValueError(f"sparse_top_k={att.sparse_top_k} (layer {index}) is larger than model.max_seq_len="
+                                     f"{self.max_seq_len}: every query would keep every key; lower it or use a dense type")
 
     @staticmethod
     def _check_overrides(options: Any, where: str) -> None:
@@ -221,7 +224,7 @@ class ModelConfig:
             for name, owner in FAMILY_OPTIONS.items():
                 if owner != family and name not in explicit:
                     options[name] = None
-            if options["type"] in ("mha", "mqa", "mla") and "num_kv_heads" not in explicit:
+            if options["type"] in ("mha", "mqa", "mla", "switchhead") and "num_kv_heads" not in explicit:
                 options["num_kv_heads"] = None  # these types fix their own key/value head count
         try:
             att = ModelAttentionConfig(**options)

@@ -19,7 +19,7 @@ from .config import AttentionConfig
 from .kv_cache import CacheBase
 from .masks import AttentionMask, resolve_mask
 from .positional import ALiBi, RelativePositionBias, RotaryEmbedding
-from .sdpa import ATTENTION_BACKENDS
+from .sdpa import ATTENTION_BACKENDS, AttentionResult
 
 log = logging.getLogger(__name__)
 
@@ -144,18 +144,20 @@ class AttentionLayer(nn.Module):
             device=x.device,
         )
         bias = None if cross else self._score_bias(mask, s, kv_len)
-        result = self._kernel(
-            q, k, v, mask, bias,
-            scale=self.scale,
-            dropout_p=self.config.dropout if self.training else 0.0,
-            need_weights=need_weights,
-        )
+        result = self.attend(q, k, v, mask, bias, need_weights=need_weights)
         if result.dispatch != self.last_dispatch:
             if not torch.compiler.is_compiling():  # a logger call inside a compiled graph is a graph break
                 log.debug("%s(backend=%s) dispatched to %s", type(self).__name__, self.backend, result.dispatch)
             self.last_dispatch = result.dispatch
         out = self.merge_heads(result.output, cache)
         return (out, result.weights) if need_weights else out
+
+    def attend(self, q: Tensor, k: Tensor, v: Tensor, mask: AttentionMask | None, bias: Tensor | None, *,
+               need_weights: bool = False) -> AttentionResult:
+        """Softmax attention through the configured backend. Mechanisms that combine or restrict the attention
+        maps (differential, sparse, neighbourhood) override this and keep the rest of the forward pass."""
+        return self._kernel(q, k, v, mask, bias, scale=self.scale, dropout_p=self.config.dropout if self.training else 0.0,
+                            need_weights=need_weights)
 
     def merge_heads(self, output: Tensor, cache: CacheBase | None) -> Tensor:
         """Attention output ``[b, h, s, d_v]`` -> ``[b, s, D]`` through the output projection. ``cache`` is

@@ -27,7 +27,6 @@ FAMILY_OPTIONS: dict[str, str] = {
     "linear_decay": "linear", "linear_chunk": "linear",
     "diff_lambda_init": "differential",
     "sparse_pattern": "sparse", "sparse_top_k": "sparse", "sparse_stride": "sparse", "sparse_summary": "sparse",
-    "sparse_block": "sparse",
     "neighborhood_size": "neighborhood",
     "switchhead_experts": "switchhead", "switchhead_top_k": "switchhead",
 }
@@ -113,9 +112,6 @@ class AttentionConfig:
     """Sparse ``strided`` / ``fixed``: the stride / block length l (``None``: 32)."""
     sparse_summary: int | None = None
     """Sparse ``fixed``: summary keys c at the end of each block that every later query sees (``None``: 1)."""
-    sparse_block: int | None = None
-    """Sparse ``strided`` / ``fixed``: query/key tile size of the block-sparse kernel (``None``: the stride). Only
-    tiles the pattern touches are computed, so cost follows the pattern's density."""
     neighborhood_size: int | None = None
     """Neighbourhood attention: keys per query (the kernel size, Hassani et al. 2023). A query attends to the
     window centred on it, shifted inward at the sequence edges so every query sees this many keys; causal layers
@@ -155,7 +151,7 @@ class AttentionConfig:
                 raise ValueError(f"attention rope_low_freq_factor={self.rope_low_freq_factor} must be > 0 and below "
                                  f"rope_high_freq_factor={self.rope_high_freq_factor}")
         for name in ("num_kv_heads", "head_dim", "sliding_window", "kv_lora_rank", "q_lora_rank", "v_head_dim",
-                     "linear_chunk", "sparse_top_k", "sparse_stride", "sparse_summary", "sparse_block", "neighborhood_size",
+                     "linear_chunk", "sparse_top_k", "sparse_stride", "sparse_summary", "neighborhood_size",
                      "switchhead_experts", "switchhead_top_k"):
             positive_int(f"attention {name}", getattr(self, name), optional=True)
         if self.rope_head_dim is not None:

@@ -36,6 +36,7 @@ class AttentionMask:
     key_padding: Tensor | None = None  # [b, k] bool, True = real token
     device: torch.device | None = None
     documents: Tensor | None = None  # [b, k] document index per position (packing): attend within a document only
+    pattern: Tensor | None = None  # [b|1, 1, q, k] bool, True = may attend: a layer's own sparsity pattern (sparse.py)
     memo: dict[Any, Any] = field(default_factory=dict, repr=False)
     """Per-forward cache for things derived from this mask (e.g. an ALiBi bias shared by all layers)."""
 
@@ -96,20 +97,21 @@ class AttentionMask:
     @property
     def is_empty(self) -> bool:
         """Nothing is masked: attention may run with no mask at all."""
-        return not (self.causal_active or self.window_active or self.key_padding is not None or self.documents is not None)
+        return not (self.causal_active or self.window_active or self.key_padding is not None or self.documents is not None
+                    or self.pattern is not None)
 
     @property
     def is_plain_causal(self) -> bool:
         """Exactly torch's ``is_causal=True`` (top-left aligned, no other predicate)."""
         return (
             self.causal_active and not self.window_active and self.key_padding is None and self.documents is None
-            and self.q_offset == 0 and self.q_len == self.kv_len
+            and self.pattern is None and self.q_offset == 0 and self.q_len == self.kv_len
         )
 
     def mask_mod(self) -> Callable[[Tensor, Tensor, Tensor, Tensor], Tensor]:
         """The predicates as a FlexAttention ``mask_mod(b, h, q_idx, kv_idx) -> bool``."""
         offset, causal, window = self.q_offset, self.causal_active, self.window if self.window_active else None
-        padding, documents = self.key_padding, self.documents
+        padding, documents, pattern = self.key_padding, self.documents, self.pattern
 
         def mod(b, h, q_idx, kv_idx):
             q_pos = q_idx + offset
@@ -122,6 +124,8 @@ class AttentionMask:
                 allowed = allowed & padding[b, kv_idx]
             if documents is not None:
                 allowed = allowed & (documents[b, q_idx] == documents[b, kv_idx])
+            if pattern is not None:
+                allowed = allowed & pattern[b if pattern.shape[0] > 1 else 0, 0, q_idx, kv_idx]
             return allowed
 
         return mod
@@ -153,7 +157,14 @@ class AttentionMask:
             allowed = allowed & self.key_padding[:, None, None, :]  # [b, 1, q, k]
         if self.documents is not None:  # block diagonal: a query sees only keys of its own document
             allowed = allowed & (self.documents[:, :, None] == self.documents[:, None, :])[:, None]  # [b, 1, q, k]
+        if self.pattern is not None:
+            allowed = allowed & self.pattern
         return allowed
+
+    def with_pattern(self, pattern: Tensor) -> "AttentionMask":
+        """This mask AND a layer's own ``[b|1, 1, q, k]`` pattern (fresh memo: the dense forms differ)."""
+        return AttentionMask(self.q_len, self.kv_len, self.q_offset, self.causal, self.window, self.key_padding,
+                             self.device, self.documents, pattern)
 
     @property
     def rows_with_keys(self) -> Tensor | None:
@@ -164,7 +175,7 @@ class AttentionMask:
         return self._memoised("rows_with_keys", self._rows_with_keys)
 
     def _rows_with_keys(self) -> Tensor | None:
-        if self.key_padding is None:
+        if self.key_padding is None and self.pattern is None:
             return None
         rows = self.dense.any(dim=-1, keepdim=True)
         return None if bool(rows.all()) else rows

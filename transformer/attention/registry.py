@@ -17,6 +17,9 @@ if TYPE_CHECKING:
 _REGISTRY: dict[str, "Callable[..., nn.Module] | str"] = {
     "mha": ".mha:MultiHeadAttention", "mqa": ".mqa:MultiQueryAttention",
     "gqa": ".gqa:GroupQueryAttention", "mla": ".mla:MultiHeadLatentAttention",
+    "differential": ".differential:DifferentialAttention", "linear": ".linear:LinearAttention",
+    "sparse": ".sparse:SparseAttention", "neighborhood": ".neighborhood:NeighborhoodAttention",
+    "switchhead": ".switchhead:SwitchHeadAttention",
 }
 
 
