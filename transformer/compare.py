@@ -172,19 +172,34 @@ def cache_kind_figures(checkpoint: Path, kinds: list[str], *, eval_batches: int 
 
 
 def _model_figures(config: dict) -> dict:
-    """Parameters and analytic KV-cache bytes per token, from the config alone (meta device: no memory)."""
+    """Parameters, decoding-state bytes per token at the trained length and attention FLOPs per token, from the
+    config alone (meta device: no memory)."""
     from .config import ModelConfig
     from .transformer_model import build_model
 
     cfg = ModelConfig.from_dict(config["model"])
     with torch.device("meta"):
         model = build_model(cfg)
-    attn = (model.decoder if hasattr(model, "decoder") else model.encoder).blocks[0].attn
-    layers = len((model.decoder if hasattr(model, "decoder") else model.encoder).blocks)
-    mha_bytes = 2 * layers * cfg.num_heads * attn.head_dim * 4
-    return {"parameters": model.num_parameters(), "kv_bytes": model.kv_cache_bytes_per_token(torch.float32),
-            "kv_vs_mha": model.kv_cache_bytes_per_token(torch.float32) / mha_bytes,
-            "kv_heads": getattr(attn, "num_kv_heads", cfg.num_heads), "latent": getattr(attn, "kv_lora_rank", None)}
+    stack = model.decoder if hasattr(model, "decoder") else model.encoder
+    attn = stack.blocks[0].attn
+    head_dim = cfg.attention.head_dim or cfg.embed_dim // cfg.num_heads
+    mha_bytes = 2 * len(stack.blocks) * cfg.num_heads * head_dim * 4
+    # Per token averaged over the trained context: rolling windows are capped, linear attention's state is fixed.
+    kv_bytes = model.kv_cache_bytes_per_token_at(cfg.max_seq_len, torch.float32)
+    kv_bytes = int(kv_bytes) if float(kv_bytes).is_integer() else round(kv_bytes, 1)
+    types = list(dict.fromkeys(block.attn.attention_type for block in stack.blocks))
+    return {"parameters": model.num_parameters(), "kv_bytes": kv_bytes, "kv_vs_mha": kv_bytes / mha_bytes,
+            "kv_heads": getattr(attn, "num_kv_heads", cfg.num_heads), "latent": getattr(attn, "kv_lora_rank", None),
+            "attention": "+".join(types), "pattern": _pattern_label(cfg),
+            "attention_flops": sum(block.attn.attention_flops_per_token(cfg.max_seq_len) for block in stack.blocks)}
+
+
+def _pattern_label(cfg) -> str:
+    """``local,local,global`` for a pattern (``+overrides`` when layers are overridden), ``-`` when uniform."""
+    if cfg.uniform_attention:
+        return "-"
+    label = ",".join(cfg.attention_pattern) if cfg.attention_pattern else "default"
+    return label + (f"+layers {','.join(str(k) for k in sorted(cfg.attention_layers))}" if cfg.attention_layers else "")
 
 
 def fairness_flags(runs: list[Run], swept: list[str]) -> None:
@@ -216,12 +231,12 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
     kind_speeds = {k: decode_speeds(checkpoints, rounds=decode_rounds, cache=k) if measure_decode else [None] * len(runs)
                    for k in extra_kinds}
     for index, (run, ckpt, speed) in enumerate(zip(runs, checkpoints, speeds)):
-        att = run.config["model"]["attention"]
         figures = _model_figures(run.config)
         h = run.history
         val = h[["step", "val/loss"]].dropna() if "val/loss" in h else pd.DataFrame()
         best = float(val["val/loss"].min()) if len(val) else float(run.result.get("val_loss", math.nan))
         tps = h["train/tokens_per_sec"].dropna() if "train/tokens_per_sec" in h else pd.Series(dtype=float)
+        peak = h["train/peak_memory_mb"].dropna() if "train/peak_memory_mb" in h else pd.Series(dtype=float)
         decode = speed["median"] if speed else math.nan
         spread = speed["spread"] if speed else math.nan
         if ckpt is None:
@@ -232,10 +247,13 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
         if wall is None and "time/elapsed_s" in h:
             wall = float(h["time/elapsed_s"].dropna().max())
         run.row = {
-            "run": run_label(run.path), "attention": att["type"], "heads": run.config["model"]["num_heads"],
-            "kv_heads": figures["kv_heads"] if att["type"] != "mla" else "-", "latent_rank": figures["latent"] or "-",
+            "run": run_label(run.path), "attention": figures["attention"], "pattern": figures["pattern"],
+            "heads": run.config["model"]["num_heads"],
+            "kv_heads": figures["kv_heads"] if figures["attention"] != "mla" else "-", "latent_rank": figures["latent"] or "-",
             "parameters": figures["parameters"], "kv_cache_bytes_per_token": figures["kv_bytes"],
-            "kv_cache_vs_mha": round(figures["kv_vs_mha"], 4), "train_tokens_per_s": round(float(tps.median()), 1) if len(tps) else math.nan,
+            "kv_cache_vs_mha": round(figures["kv_vs_mha"], 4), "attention_flops_per_token": round(figures["attention_flops"]),
+            "peak_train_memory_mb": round(float(peak.max()), 1) if len(peak) else math.nan,
+            "train_tokens_per_s": round(float(tps.median()), 1) if len(tps) else math.nan,
             "decode_tokens_per_s": round(decode, 1), "decode_spread": round(spread, 3), "best_val_loss": round(best, 4), "best_val_ppl": round(math.exp(min(best, 30)), 3),
             "wall_time_s": round(float(wall), 1) if wall is not None else math.nan,
         }
@@ -373,7 +391,15 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
     plots = write_plots(runs, out)
     lines = [f"# Attention comparison ({len(runs)} runs)", "", "Compared keys: " + (", ".join(swept) or "model.attention.*"), "",
              markdown_table(table), "",
-             "- kv_cache_vs_mha: cache bytes relative to an MHA cache of the same width (2 · layers · heads · head_dim · 4 B).",
+             "- attention: the layer types in depth order; pattern: model.attention_pattern (and overridden layers), '-' when "
+             "every layer is model.attention.",
+             "- kv_cache_bytes_per_token: decoding-state bytes of one sequence at the trained length (model.max_seq_len), "
+             "fp32, divided by that length: sliding-window layers hold at most their window, linear attention a fixed state.",
+             "- kv_cache_vs_mha: those bytes relative to an MHA cache of the same width (2 · layers · heads · head_dim · 4 B).",
+             "- attention_flops_per_token: analytic forward FLOPs of the attention scores and weighted values per token at the "
+             "trained length, summed over layers (windows, sparsity patterns and linear attention's state counted as computed).",
+             "- peak_train_memory_mb: the largest peak logged during training (CUDA: allocated tensors; CPU: the process's "
+             "peak resident memory, reset when training starts).",
              "- decode_tokens_per_s: batch 1, 16-token prompt, 64 new tokens, greedy, KV cache; median of 5 rounds interleaved "
              "across the runs (measured by this report). decode_spread: (max - min) / median of the rounds; above "
              f"{NOISY_SPREAD:.0%} the run is flagged as noisy.",

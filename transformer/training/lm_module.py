@@ -21,6 +21,7 @@ from ..config import ModelConfig
 from ..transformer_model import build_model
 from .base_module import NonFiniteError, TrainingModule
 from .config import OptimConfig
+from .memory import peak_bytes, reset_peak
 
 # Dense bf16/fp16 peak FLOP/s per device, for MFU (vendor datasheets, no sparsity).
 PEAK_FLOPS = {"H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12, "A10G": 125e12, "V100": 125e12}
@@ -62,6 +63,10 @@ class LanguageModelModule(TrainingModule):
         return self.model(x, y, **sparse), y
 
     # ----------------------------------------------------------------------------- training
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        reset_peak(self.device)  # the peak of this run only (a sweep trains several in one process)
+
     def on_train_batch_start(self, batch, batch_idx) -> None:
         if self._step_started is None:
             self._step_started = time.perf_counter()
@@ -95,6 +100,9 @@ class LanguageModelModule(TrainingModule):
         tokens = self.batch_tokens(batch) * accumulate * self.trainer.world_size
         tokens_per_sec = tokens / max(elapsed, 1e-9)
         self.log("train/tokens_per_sec", tokens_per_sec, on_step=True, on_epoch=False, rank_zero_only=True)
+        peak_memory = peak_bytes(self.device)
+        if peak_memory is not None:
+            self.log("train/peak_memory_mb", peak_memory / 2**20, on_step=True, on_epoch=False, rank_zero_only=True)
         peak = self._peak_flops()
         if peak:
             mfu = self.flops_per_token * tokens_per_sec / (peak * self.trainer.world_size)
