@@ -219,7 +219,12 @@ def fairness_flags(runs: list[Run], swept: list[str]) -> None:
 
 def order_runs(runs: list[Run]) -> list[Run]:
     """MHA first (the reference every ratio is taken against), then the others in their given (sweep) order."""
-    return sorted(runs, key=lambda r: (r.config.get("model", {}).get("attention", {}).get("type") != "mha"))
+    def is_reference(run: Run) -> bool:  # plain MHA in every layer: no pattern, no per-layer override
+        model = run.config.get("model", {})
+        return (model.get("attention", {}).get("type") == "mha" and not model.get("attention_pattern")
+                and not model.get("attention_layers"))
+
+    return sorted(runs, key=lambda r: not is_reference(r))
 
 
 def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: int = 5, caches: list[str] | None = None) -> None:
@@ -262,7 +267,7 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
             for kind in extra_kinds:
                 kind_speed = kind_speeds[kind][index]
                 run.row[f"decode_tokens_per_s_{kind}"] = round(kind_speed["median"], 1) if kind_speed else math.nan
-    mha = [r for r in runs if r.row["attention"] == "mha"]
+    mha = [r for r in runs if r.row["attention"] == "mha" and r.row["pattern"] == "-"]
     for run in runs:
         run.row["quality_vs_mha"] = round(math.exp(mha[0].row["best_val_loss"] - run.row["best_val_loss"]), 4) if mha else math.nan
         run.row["flags"] = "; ".join(run.flags + run.notes)

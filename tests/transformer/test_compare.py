@@ -127,3 +127,24 @@ def test_sweep_cli_grid(tmp_path, corpus):
     experiments = list((tmp_path / "runs").glob("default-sweep-*"))
     assert len(experiments) == 1 and len([d for d in experiments[0].iterdir() if d.is_dir()]) == 2
     assert main(["--sweep-config", str(tmp_path / "nope.yaml")]) == 2
+
+
+def test_catalog_types_and_a_pattern_sweep_into_one_report(tmp_path, corpus):
+    runs = [{"model.attention.type": "mha"},
+            {"model.attention.type": "linear", "model.attention.positional": "none", "model.attention.linear_decay": True},
+            {"model.attention.type": "neighborhood", "model.attention.neighborhood_size": 8},
+            {"model.attention_pattern": ["local", "global"],
+             "model.attention_variants": {"local": {"sliding_window": 8}, "global": {"type": "differential"}}}]
+    experiment = run_sweep(SweepPlan("catalog", None, base_overrides(corpus, tmp_path), runs, sorted({k for r in runs for k in r})))
+    table = pd.read_csv(report([experiment], measure_decode=False) / "report.csv")
+    assert table["attention"][0] == "mha"  # the plain MHA run is the reference, first
+    rows = table.set_index("attention")
+    assert sorted(rows.index) == ["linear", "mha", "mha+differential", "neighborhood"]
+    assert rows["pattern"].fillna("-").to_dict() == {"mha": "-", "linear": "-", "neighborhood": "-", "mha+differential": "local,global"}
+    mha_bytes = 2 * 2 * 4 * 8 * 4  # 2 layers x (k, v) x 4 heads x 8 x fp32
+    assert rows["kv_cache_bytes_per_token"].to_dict() == {
+        "mha": mha_bytes, "linear": 2 * 4 * 8 * 9 * 4 / 32,  # a fixed state n_kv * d * (d + 1) per layer, over 32 tokens
+        "neighborhood": mha_bytes * 7 / 32,  # causal: a rolling window of 8 keeps 7 tokens
+        "mha+differential": (mha_bytes / 2) * 7 / 32 + mha_bytes / 2}
+    assert rows["attention_flops_per_token"]["neighborhood"] == rows["attention_flops_per_token"]["mha"] / 4  # 8 of 32 keys
+    assert (table["peak_train_memory_mb"] > 0).all() and (table["train_tokens_per_s"] > 0).all()
