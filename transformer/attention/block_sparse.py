@@ -8,7 +8,7 @@ log-sum-exp, as flash attention and ring attention merge blocks. Nothing of size
 and memory follow the pattern's density.
 
 Shape legend: b batch, n_kv key/value heads, g query heads per key/value head, s sequence (queries = keys),
-t tile length, n tiles, W keys per tile window, e value width.
+t tile length, n tiles, W keys per tile's band (``span``), e value width.
 """
 
 from __future__ import annotations
@@ -47,32 +47,42 @@ def merge(parts: list[Partial]) -> Tensor:
     return out / total.clamp(min=torch.finfo(total.dtype).tiny)[..., None]
 
 
-def tile_band(q: Tensor, k: Tensor, v: Tensor, *, tile: int, before: int, after: int, scale: float,
-              allow: Callable[[Tensor, Tensor], Tensor], key_real: Tensor | None) -> Partial:
-    """Each query tile attends to key tiles ``i - before .. i + after``, then elementwise ``allow(q_pos, k_pos)``
-    (broadcast ``[n, t, 1]`` x ``[n, 1, W]``, may add a leading batch dim) and ``key_real`` ``[b, s]``.
+def gather_band(q: Tensor, k: Tensor, v: Tensor, *, tile: int, starts: Tensor, span: int,
+                allow: Callable[[Tensor, Tensor], Tensor], key_real: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Tiles of ``tile`` queries and the ``span`` keys from each tile's start: the dense pieces of a band.
 
-    ``q`` ``[b, n_kv, g, s, d]``, ``k`` ``[b, n_kv, s, d]``, ``v`` ``[b, n_kv, s, e]`` -> a Partial over
-    ``[b, n_kv, g, s]`` queries. Work: ``s * (before + after + 1) * t`` scores."""
+    ``q`` ``[b, n_kv, g, s, d]``, ``k`` ``[b, n_kv, s, d]``, ``v`` ``[b, n_kv, s, e]``; ``starts`` ``[b|1, n]``: the
+    first key of each tile's band (per row when rows differ). ``allow(q_pos, k_pos)`` (broadcast ``[1, n, t, 1]``
+    x ``[b|1, n, 1, W]``) and ``key_real`` ``[b, s]`` (False = padding) say which of them each query sees.
+    Returns query tiles ``[b, n_kv, g, n, t, d]``, keys ``[b, n_kv, n, W, d]``, values ``[b, n_kv, n, W, e]`` and
+    ``allowed`` ``[b|1, n, t, W]``: ``s * span`` scores' worth, never ``s * s``."""
     b, n_kv, g, s, d = q.shape
     n = -(-s // tile)
-    pad = n * tile - s
-    span = (before + after + 1) * tile
-    # Keys padded so tile i's window starts at (i - before) * tile; unfold gives views, not copies.
-    kw = F.pad(k, (0, 0, before * tile, after * tile + pad)).unfold(2, span, tile)  # [b, n_kv, n, d, W]
-    vw = F.pad(v, (0, 0, before * tile, after * tile + pad)).unfold(2, span, tile)  # [b, n_kv, n, e, W]
-    qt = F.pad(q, (0, 0, 0, pad)).view(b, n_kv, g, n, tile, d)
-    starts = torch.arange(n, device=q.device) * tile
-    q_pos = (starts[:, None] + torch.arange(tile, device=q.device))[:, :, None]  # [n, t, 1]
-    k_pos = (starts[:, None] - before * tile + torch.arange(span, device=q.device))[:, None, :]  # [n, 1, W]
-    allowed = (k_pos >= 0) & (k_pos < s) & allow(q_pos, k_pos)  # [n, t, W] or [b, n, t, W]
+    qt = F.pad(q, (0, 0, 0, n * tile - s)).view(b, n_kv, g, n, tile, d)
+    q_pos = (torch.arange(n, device=q.device)[:, None] * tile + torch.arange(tile, device=q.device))[None, :, :, None]  # [1, n, t, 1]
+    k_pos = (starts[:, :, None] + torch.arange(span, device=q.device))[:, :, None, :]  # [b|1, n, 1, W]
+    index = k_pos.clamp(0, s - 1).squeeze(2)  # [b|1, n, W]
+    allowed = (k_pos >= 0) & (k_pos < s) & allow(q_pos, k_pos)  # [b|1, n, t, W]
     if key_real is not None:
-        real = F.pad(key_real.to(torch.uint8), (before * tile, after * tile + pad)).unfold(1, span, tile).bool()  # [b, n, W]
-        allowed = allowed & real[:, :, None, :]
-    if allowed.dim() == 3:
-        allowed = allowed[None]
-    allowed = allowed[:, None, None]  # [b|1, 1, 1, n, t, W]
-    scores = torch.einsum("bhgntd,bhndw->bhgntw", qt.float(), kw.float()) * scale
-    part = partial(scores, allowed, lambda p: torch.einsum("bhgntw,bhnew->bhgnte", p, vw.float()))
-    return Partial(part.out.reshape(b, n_kv, g, n * tile, -1)[:, :, :, :s], part.max.reshape(b, n_kv, g, -1)[..., :s],
+        allowed = allowed & key_real[torch.arange(b, device=q.device)[:, None, None], index.expand(b, -1, -1)][:, :, None, :]
+    return qt, _gather_keys(k, index), _gather_keys(v, index), allowed
+
+
+def band(q: Tensor, k: Tensor, v: Tensor, *, tile: int, starts: Tensor, span: int, scale: float,
+         allow: Callable[[Tensor, Tensor], Tensor], key_real: Tensor | None) -> Partial:
+    """:func:`gather_band` reduced to a :class:`Partial` over ``[b, n_kv, g, s]`` queries (to merge with others)."""
+    b, n_kv, g, s, _ = q.shape
+    qt, kw, vw, allowed = gather_band(q, k, v, tile=tile, starts=starts, span=span, allow=allow, key_real=key_real)
+    scores = torch.einsum("bhgntd,bhnwd->bhgntw", qt.float(), kw.float()) * scale
+    part = partial(scores, allowed[:, None, None], lambda p: torch.einsum("bhgntw,bhnwe->bhgnte", p, vw.float()))
+    return Partial(part.out.reshape(b, n_kv, g, -1, part.out.shape[-1])[:, :, :, :s], part.max.reshape(b, n_kv, g, -1)[..., :s],
                    part.sum.reshape(b, n_kv, g, -1)[..., :s])
+
+
+def _gather_keys(x: Tensor, index: Tensor) -> Tensor:
+    """``x`` ``[b, n_kv, s, w]`` at positions ``index`` ``[1, n, W]`` (shared) or ``[b, n, W]`` (per row) ->
+    ``[b, n_kv, n, W, w]``."""
+    if index.shape[0] == 1:
+        return x[:, :, index[0]]
+    rows = torch.arange(x.shape[0], device=x.device)[:, None, None]
+    return x.transpose(1, 2)[rows, index].permute(0, 3, 1, 2, 4)  # [b, n, W, n_kv, w] -> [b, n_kv, n, W, w]

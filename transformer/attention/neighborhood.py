@@ -10,8 +10,8 @@ so every position gets the same amount of context. The causal variant (NATTEN's 
 the ``w - 1`` keys before it, clamped at the start, which is a causal sliding window of ``w``; it runs through the
 standard window mask, and its KV cache is the rolling window cache.
 
-A full bidirectional sequence runs banded (``block_sparse.tile_band``: tiles of ``w`` keys and the tiles around
-them), so cost is ``O(n w)``. Right padding counts: ``n`` is each row's real length, so the window shifts inward
+A full bidirectional sequence runs banded (``block_sparse.band``: each tile of 32 queries scores the
+``w + 31`` keys its windows span, in one fused softmax-attention call), so cost is ``O(n w)``. Right padding counts: ``n`` is each row's real length, so the window shifts inward
 at the real end too.
 
 Shape legend: b batch, h heads, n_kv key/value heads, g = h / n_kv, s sequence, d head width.
@@ -20,13 +20,16 @@ Shape legend: b batch, h heads, n_kv key/value heads, g = h / n_kv, s sequence, 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
-from .block_sparse import merge, tile_band
+from .block_sparse import gather_band
 from .config import AttentionConfig
 from .gqa import GroupQueryAttention
 from .masks import AttentionMask
 from .sdpa import AttentionResult
+
+TILE = 32  # queries per band tile: each scores w + TILE - 1 keys (small tiles waste little, large ones batch better)
 
 
 def neighborhood_start(i: Tensor, size: int, length: Tensor) -> Tensor:
@@ -75,12 +78,21 @@ class NeighborhoodAttention(GroupQueryAttention):
         length = (padding.sum(-1) if padding is not None else torch.full((1,), L, device=q.device))  # [b|1]
         if s == L and not need_weights and not (self.training and self.config.dropout) and (mask is None or mask.documents is None):
             n_kv = k.shape[1]
-            # With tiles of w, a window (at most w - 1 keys either side of its query, edge shift included) lies in
-            # the query's tile and its two neighbours: 3w scores per query.
-            band = tile_band(q.view(b, n_kv, h // n_kv, s, d), k, v, tile=self.size, before=1, after=1,
-                             scale=self.scale, key_real=padding,
-                             allow=lambda i, j: self.allowed(i[None], j[None], length.view(-1, 1, 1, 1)))
-            return AttentionResult(merge([band]).reshape(b, h, s, -1).to(q.dtype), None, "neighborhood:banded")
+            # Window starts never decrease along the sequence, so a tile of t queries needs the w + t - 1 keys from
+            # its first query's start: (w + t - 1) scores per query instead of s.
+            firsts = torch.arange(-(-s // TILE), device=q.device)[None] * TILE  # [1, n]
+            starts = neighborhood_start(firsts, self.size, length[:, None])  # [b|1, n]
+            g = h // n_kv
+            qt, kw, vw, allowed = gather_band(q.view(b, n_kv, g, s, d), k, v, tile=TILE, starts=starts, span=self.size + TILE - 1,
+                                              key_real=padding, allow=lambda i, j: self.allowed(i, j, length.view(-1, 1, 1, 1)))
+            # One fused softmax-attention call over all tiles: [b, n, h, t, d] queries, [b, n, n_kv, W, d] keys.
+            empty = ~allowed.any(-1, keepdim=True)  # queries of an all-padding row: opened, then zeroed
+            out = F.scaled_dot_product_attention(
+                qt.permute(0, 3, 1, 2, 4, 5).reshape(b, -1, h, TILE, d), kw.transpose(1, 2), vw.transpose(1, 2),
+                attn_mask=(allowed | empty)[:, :, None], scale=self.scale, enable_gqa=g > 1)  # [b, n, h, t, e]
+            out = out.masked_fill(empty[:, :, None], 0.0)
+            out = out.permute(0, 2, 1, 3, 4).reshape(b, h, -1, out.shape[-1])[:, :, :s]
+            return AttentionResult(out, None, "neighborhood:banded")
         q_pos = torch.arange(s, device=q.device)[:, None]
         pattern = self.allowed(q_pos[None], torch.arange(L, device=q.device)[None, None, :], length.view(-1, 1, 1))
         base = mask if mask is not None else AttentionMask.build(s, L, device=q.device)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .block_sparse import Partial, merge, partial, tile_band
+from .block_sparse import Partial, band, merge, partial
 from .config import AttentionConfig
 from .gqa import GroupQueryAttention
 from .masks import AttentionMask
@@ -113,14 +113,15 @@ class SparseAttention(GroupQueryAttention):
         n_kv, l = k.shape[1], self.stride
         g = h // n_kv
         qg = q.view(b, n_kv, g, s, d)
-        if self.pattern == "strided":  # band: i - l < j <= i (this tile and the one before)
-            band = tile_band(qg, k, v, tile=l, before=1, after=0, scale=self.scale, key_real=key_real,
-                             allow=lambda i, j: (j <= i) & (i - j < l))
+        tiles = torch.arange(-(-s // l), device=q.device)[None] * l  # [1, n]: first query of each tile of l
+        if self.pattern == "strided":  # band: i - l < j <= i, i.e. the 2l - 1 keys ending at the tile's last query
+            local = band(qg, k, v, tile=l, starts=tiles - (l - 1), span=2 * l - 1, scale=self.scale, key_real=key_real,
+                         allow=lambda i, j: (j <= i) & (i - j < l))
             other = self._columns(qg, k, v, key_real)
-        else:  # band: own block, causal
-            band = tile_band(qg, k, v, tile=l, before=0, after=0, scale=self.scale, key_real=key_real, allow=lambda i, j: j <= i)
+        else:  # band: the query's own block, causal
+            local = band(qg, k, v, tile=l, starts=tiles, span=l, scale=self.scale, key_real=key_real, allow=lambda i, j: j <= i)
             other = self._summaries(qg, k, v, key_real)
-        return merge([band, other]).reshape(b, h, s, -1).to(q.dtype)
+        return merge([local, other]).reshape(b, h, s, -1).to(q.dtype)
 
     def _rows(self, x: Tensor, s: int) -> Tensor:
         """``[..., s, w]`` -> ``[..., n, l, w]`` (row t, residue r), zero-padded to whole rows."""

@@ -240,6 +240,20 @@ def test_neighborhood_attention_shifts_its_window_at_the_edges(w):
     assert_close(out[1, :12], ref[1, :12])
 
 
+def test_neighborhood_over_many_tiles_with_rows_of_different_lengths():
+    torch.manual_seed(6)
+    layer = get_attention("neighborhood", D, H, neighborhood_size=9).eval()
+    x = torch.randn(3, 90, D)  # several tiles of 32 queries; each row's window shifts inward at its own end
+    padding = torch.ones(3, 90, dtype=torch.long)
+    padding[1, 70:] = 0
+    padding[2, 5:] = 0  # shorter than the window
+    out = layer(x, attention_mask=padding)
+    assert layer.last_dispatch == "neighborhood:banded"
+    ref = dense_gqa(layer, x, neighborhood_allowed(90, 9, [90, 70, 5]), H)
+    for row, n in enumerate([90, 70, 5]):
+        assert_close(out[row, :n], ref[row, :n])
+
+
 def test_neighborhood_differs_from_a_sliding_window_only_at_the_borders():
     s, w = 12, 5
     nb = neighborhood_allowed(s, w, [s])[0, 0]
