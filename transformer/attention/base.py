@@ -9,6 +9,7 @@ cache, D embed_dim, h num_heads, n_kv num_kv_heads, d head_dim, d_v value head d
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 
@@ -156,8 +157,36 @@ class AttentionLayer(nn.Module):
                need_weights: bool = False) -> AttentionResult:
         """Softmax attention through the configured backend. Mechanisms that combine or restrict the attention
         maps (differential, sparse, neighbourhood) override this and keep the rest of the forward pass."""
-        return self._kernel(q, k, v, mask, bias, scale=self.scale, dropout_p=self.config.dropout if self.training else 0.0,
-                            need_weights=need_weights)
+        return self._run_kernel(q, k, v, mask, bias, need_weights=need_weights)
+
+    def _run_kernel(self, q, k, v, mask, bias, *, need_weights: bool = False) -> AttentionResult:
+        """The backend call, inside torch's kernel restriction when ``sdpa_kernel`` is set."""
+        dropout = self.config.dropout if self.training else 0.0
+        with self.kernel_choice(q, mask):
+            result = self._kernel(q, k, v, mask, bias, scale=self.scale, dropout_p=dropout, need_weights=need_weights)
+        return result if self.config.sdpa_kernel is None else result._replace(dispatch=f"{result.dispatch}[{self.config.sdpa_kernel}]")
+
+    @contextlib.contextmanager
+    def kernel_choice(self, q: Tensor, mask: AttentionMask | None = None):
+        """Restrict ``F.scaled_dot_product_attention`` to the ``sdpa_kernel`` option's kernel (no-op when unset);
+        a kernel that cannot run the call becomes a one-line ``ValueError`` naming the option."""
+        if self.config.sdpa_kernel is None:
+            yield
+            return
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        chosen = {"flash": SDPBackend.FLASH_ATTENTION, "efficient": SDPBackend.EFFICIENT_ATTENTION,
+                  "math": SDPBackend.MATH, "cudnn": SDPBackend.CUDNN_ATTENTION}[self.config.sdpa_kernel]
+        try:
+            with sdpa_kernel([chosen]):
+                yield
+        except RuntimeError as err:
+            if "No viable backend" not in str(err) and "No available kernel" not in str(err):
+                raise
+            raise ValueError(f"attention sdpa_kernel={self.config.sdpa_kernel!r} cannot run this call (device {q.device.type}, "
+                             f"dtype {str(q.dtype).removeprefix('torch.')}, "
+                             f"{'masked' if mask is not None and not mask.is_empty else 'no mask'}); choose another kernel "
+                             f"or leave sdpa_kernel unset") from None
 
     def merge_heads(self, output: Tensor, cache: CacheBase | None) -> Tensor:
         """Attention output ``[b, h, s, d_v]`` -> ``[b, s, D]`` through the output projection. ``cache`` is

@@ -19,6 +19,7 @@ BACKENDS = ("sdpa", "eager", "flex")
 ROPE_SCALINGS = ("linear", "ntk", "llama3")
 MLA_ABSORB = ("always", "never")
 SPARSE_PATTERNS = ("topk", "strided", "fixed")
+SDPA_KERNELS = ("flash", "efficient", "math", "cudnn")
 
 # Options that only one family of layers reads. Each defaults to None ("not set"); a layer of another family
 # that is given one raises (see AttentionConfig.check_family), and the model config leaves unset ones out.
@@ -57,6 +58,11 @@ class AttentionConfig:
     backend: str = "sdpa"
     """Kernel: ``sdpa`` (torch fused kernels), ``eager`` (explicit fp32 softmax, can return weights),
     ``flex`` (FlexAttention, compiled on first use)."""
+    sdpa_kernel: str | None = None
+    """``backend=sdpa`` only: restrict torch's kernel choice to ``flash``, ``efficient`` (memory-efficient),
+    ``math`` or ``cudnn`` (``None``: torch picks). A kernel that cannot run the call (``efficient`` and ``cudnn``
+    exist on CUDA only; flash needs fp16/bf16 on CUDA) is an error, not a fallback; ``last_dispatch`` ends with
+    ``[kernel]``."""
     positional: str = "none"
     """Position scheme applied inside attention: ``none``, ``rope``, ``alibi`` or ``relative`` (T5 buckets)."""
     rope_theta: float = 10000.0
@@ -140,6 +146,11 @@ class AttentionConfig:
             choice("attention mla_absorb", self.mla_absorb, MLA_ABSORB)
         if self.sparse_pattern is not None:
             choice("attention sparse_pattern", self.sparse_pattern, SPARSE_PATTERNS)
+        if self.sdpa_kernel is not None:
+            choice("attention sdpa_kernel", self.sdpa_kernel, SDPA_KERNELS)
+            if self.backend != "sdpa":
+                raise ValueError(f"attention sdpa_kernel={self.sdpa_kernel!r} chooses among torch's sdpa kernels; it needs "
+                                 f"backend='sdpa', not backend={self.backend!r}")
         if self.diff_lambda_init is not None:
             in_range("attention diff_lambda_init", self.diff_lambda_init, 0.0, 1.0, high_open=True)
         in_range("attention dropout", self.dropout, 0.0, 1.0, high_open=True)

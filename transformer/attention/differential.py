@@ -108,9 +108,8 @@ class DifferentialAttention(GroupQueryAttention):
                need_weights: bool = False) -> AttentionResult:
         d = self.half_dim
         (q1, q2), (k1, k2) = q.split(d, dim=-1), k.split(d, dim=-1)  # [b, h|n_kv, ., d] each
-        dropout = self.config.dropout if self.training else 0.0
-        one = self._kernel(q1, k1, v, mask, bias, scale=self.scale, dropout_p=dropout, need_weights=need_weights)
-        two = self._kernel(q2, k2, v, mask, bias, scale=self.scale, dropout_p=dropout, need_weights=need_weights)
+        one = self._run_kernel(q1, k1, v, mask, bias, need_weights=need_weights)
+        two = self._run_kernel(q2, k2, v, mask, bias, need_weights=need_weights)
         lam = self.lambda_full().to(q.dtype)
         out = self.sub_norm(one.output - lam * two.output) * (1.0 - self.lambda_init)  # [b, h, s, 2d]
         weights = one.weights - lam * two.weights if need_weights else None

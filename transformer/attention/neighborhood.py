@@ -87,9 +87,10 @@ class NeighborhoodAttention(GroupQueryAttention):
                                               key_real=padding, allow=lambda i, j: self.allowed(i, j, length.view(-1, 1, 1, 1)))
             # One fused softmax-attention call over all tiles: [b, n, h, t, d] queries, [b, n, n_kv, W, d] keys.
             empty = ~allowed.any(-1, keepdim=True)  # queries of an all-padding row: opened, then zeroed
-            out = F.scaled_dot_product_attention(
-                qt.permute(0, 3, 1, 2, 4, 5).reshape(b, -1, h, TILE, d), kw.transpose(1, 2), vw.transpose(1, 2),
-                attn_mask=(allowed | empty)[:, :, None], scale=self.scale, enable_gqa=g > 1)  # [b, n, h, t, e]
+            with self.kernel_choice(q, mask):
+                out = F.scaled_dot_product_attention(
+                    qt.permute(0, 3, 1, 2, 4, 5).reshape(b, -1, h, TILE, d), kw.transpose(1, 2), vw.transpose(1, 2),
+                    attn_mask=(allowed | empty)[:, :, None], scale=self.scale, enable_gqa=g > 1)  # [b, n, h, t, e]
             out = out.masked_fill(empty[:, :, None], 0.0)
             out = out.permute(0, 2, 1, 3, 4).reshape(b, h, -1, out.shape[-1])[:, :, :s]
             return AttentionResult(out, None, "neighborhood:banded")

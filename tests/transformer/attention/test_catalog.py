@@ -389,3 +389,41 @@ def test_kv_bytes_of_every_type_follow_their_formula():
 def test_bad_options_name_the_option_and_value(build, message):
     with pytest.raises(ValueError, match=message):
         build()
+
+
+# ---------------------------------------------------------------------------------------------- sdpa kernel choice
+@pytest.mark.parametrize("kernel", ["math", "flash"])
+def test_sdpa_kernel_choice_is_honoured_and_visible(kernel):
+    x = torch.randn(2, 9, D)
+    chosen = get_attention("gqa", D, H, num_kv_heads=2, causal=True, sdpa_kernel=kernel).eval()
+    auto = get_attention("gqa", D, H, num_kv_heads=2, causal=True).eval()
+    auto.load_state_dict(chosen.state_dict())
+    assert_close(chosen(x), auto(x))
+    assert chosen.last_dispatch == f"sdpa:is_causal[{kernel}]"
+
+
+def test_an_sdpa_kernel_that_cannot_run_is_a_clear_error():
+    if torch.cuda.is_available():
+        pytest.skip("on CUDA the efficient kernel may run")
+    layer = get_attention("gqa", D, H, causal=True, sdpa_kernel="efficient")
+    with pytest.raises(ValueError, match="sdpa_kernel='efficient' cannot run this call \\(device cpu"):
+        layer(torch.randn(1, 4, D))
+    with pytest.raises(ValueError, match="needs backend='sdpa'"):
+        get_attention("gqa", D, H, backend="eager", sdpa_kernel="math")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("kernel", ["flash", "efficient", "cudnn", "math"])
+def test_sdpa_kernels_on_cuda(kernel):
+    layer = get_attention("gqa", 64, 4, num_kv_heads=2, causal=True, sdpa_kernel=kernel).cuda().half()
+    reference = get_attention("gqa", 64, 4, num_kv_heads=2, causal=True, backend="eager").cuda().half()
+    reference.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 128, 64, device="cuda", dtype=torch.half)
+    try:
+        out = layer(x)
+    except ValueError as err:  # e.g. cudnn on a GPU or build without it: the error names the option
+        assert "sdpa_kernel" in str(err)
+        return
+    torch.testing.assert_close(out, reference(x), atol=2e-3, rtol=2e-3)
+    assert layer.last_dispatch.endswith(f"[{kernel}]")
