@@ -150,6 +150,10 @@ def model_config_from_hf(hf: dict, where: str = "config.json") -> ModelConfig:
 def family_of(cfg: ModelConfig) -> str:
     """The Hugging Face family that holds ``cfg`` exactly: ``llama``, ``qwen2``, ``qwen3``, ``mistral``,
     ``phi3``, ``gpt2`` or ``bert``; an error listing what does not fit otherwise."""
+    if not cfg.uniform_attention:  # these families give every layer the same attention
+        raise ValueError("this model has per-layer attention (model.attention_pattern / attention_layers); the Hugging Face "
+                         "families exported here (llama, mistral, qwen2/3, phi3, gpt2, bert) give every layer the same "
+                         "attention, so it has no Hugging Face equivalent: keep the toolkit checkpoint or export without --hf")
     att = cfg.attention
     llama = dict(kind="lm", norm="rmsnorm", mlp="swiglu", position="none", norm_position="pre", positional="rope",
                  type_in=("mha", "mqa", "gqa"), rope_fraction=1.0, qk_norm=False)

@@ -157,3 +157,8 @@ def test_export_refuses_to_overwrite_and_names_unsupported_shapes(tmp_path):
     mla = build_model(ModelConfig(vocab_size=50, embed_dim=32, num_heads=4, num_layers=1, attention={"type": "mla"}))
     with pytest.raises(ValueError, match="no Hugging Face equivalent.*attention.type='mla'"):
         export_hf(mla, tmp_path / "mla")
+    hybrid = build_model(ModelConfig(vocab_size=50, embed_dim=32, num_heads=4, num_layers=2, norm="rmsnorm", mlp="swiglu",
+                                     attention={"positional": "rope"}, attention_layers={1: {"sliding_window": 4}}))
+    with pytest.raises(ValueError, match="per-layer attention .* has no Hugging Face equivalent"):
+        export_hf(hybrid, tmp_path / "hybrid")
+    assert not (tmp_path / "hybrid").exists() or not any((tmp_path / "hybrid").iterdir())
