@@ -2,6 +2,7 @@
 
     python bench/attention_scaling.py                          # 512 ... 16384, 3 interleaved rounds
     python bench/attention_scaling.py --lengths 1024,8192 --rounds 5 --types mha,linear
+    python bench/attention_scaling.py --plot bench/attention_scaling.png     # also the time / memory plot
 
 For every (type, length): forward + backward of one layer (width 128, 4 heads of 32, batch 1, fp32, causal
 unless said) on random input, in a fresh process so the figure is that case's own. The process resets its peak
@@ -95,6 +96,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--repeats", type=int, default=2, help="passes per process (the fastest counts)")
     parser.add_argument("--json", help="also write the medians here")
+    parser.add_argument("--plot", help="also draw time and memory vs length (log-log) into this PNG")
     args = parser.parse_args()
     lengths = [int(x) for x in args.lengths.split(",")]
     names = [n for n in args.types.split(",") if n]
@@ -145,6 +147,34 @@ def main() -> None:
         print(f"| {name} | {growth} | {mem} | {ratio} | {dens} |")
     if args.json:
         Path(args.json).write_text(json.dumps({f"{k[0]}@{k[1]}": v for k, v in medians.items()}, indent=1))
+    if args.plot:
+        plot(medians, names, lengths, Path(args.plot))
+
+
+def plot(medians: dict, names: list[str], lengths: list[int], path: Path) -> None:
+    """Two log-log panels, time and peak memory against length, one line per type (same colour in both)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for i, name in enumerate(names):
+        xs = [n for n in lengths if (name, n) in medians]
+        color = matplotlib.colormaps["tab10"](i % 10)
+        left.plot(xs, [medians[(name, n)]["seconds"] * 1e3 for n in xs], marker="o", label=name, color=color)
+        right.plot(xs, [max(medians[(name, n)]["peak_mib"], 0.1) for n in xs], marker="o", label=name, color=color)
+    for ax, label in ((left, "forward + backward (ms)"), (right, "peak memory growth (MiB)")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("sequence length")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    left.legend(fontsize=7)
+    fig.suptitle(f"one attention layer (width {WIDTH}, {HEADS} heads, batch 1, fp32, CPU)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

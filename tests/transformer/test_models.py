@@ -145,7 +145,7 @@ def test_config_round_trips_through_yaml(tmp_path):
         ({"mlp": "swiglo"}, r"model.mlp='swiglo' is not one of .*; did you mean 'swiglu'"),
         ({"vocab_size": 0}, r"model.vocab_size=0 must be a positive integer"),
         ({"attention": {"type": "gqa", "num_kv_heads": 3}}, r"model.attention: num_heads=4 is not divisible by num_kv_heads=3"),
-        ({"attention": {"type": "sparse"}}, r"model.attention.type='sparse' is not one of"),
+        ({"attention": {"type": "sprase"}}, r"model.attention.type='sprase' is not one of .*did you mean 'sparse'"),
         ({"moe_num_experts": 2, "moe_top_k": 3}, r"model.moe_top_k=3"),
     ],
 )
