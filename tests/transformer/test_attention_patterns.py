@@ -106,3 +106,10 @@ def test_an_encoder_decoder_rejects_a_default_type_without_cross_attention():
     model = build_model(ok)
     assert type(model.encoder.blocks[0].attn).__name__ == "LinearAttention"
     assert type(model.decoder.blocks[0].cross_attn).__name__ == "MultiHeadAttention"
+
+
+def test_the_run_summary_names_each_layer_kind():
+    from transformer.training.lm_task import _attention_summary
+
+    assert _attention_summary(build_model(hybrid())) == "gqa window 4 x2, gqa, gqa window 4 x2, gqa"
+    assert _attention_summary(build_model(ModelConfig(num_layers=2))) == "mha"

@@ -16,6 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from .block_sparse import TILE, banded_sdpa
 from .config import AttentionConfig
 from .kv_cache import CacheBase
 from .masks import AttentionMask, resolve_mask
@@ -157,7 +158,32 @@ class AttentionLayer(nn.Module):
                need_weights: bool = False) -> AttentionResult:
         """Softmax attention through the configured backend. Mechanisms that combine or restrict the attention
         maps (differential, sparse, neighbourhood) override this and keep the rest of the forward pass."""
+        if self._window_band_applies(q, k, v, mask, bias, need_weights):
+            return self._window_band(q, k, v, mask)
         return self._run_kernel(q, k, v, mask, bias, need_weights=need_weights)
+
+    def _window_band_applies(self, q, k, v, mask, bias, need_weights) -> bool:
+        """A full sequence much longer than its sliding window: only the band of each query tile is computed, instead
+        of a dense ``[s, s]`` mask through sdpa (3x MHA's time and ``s^2`` memory at 16 K, ``bench/RESULTS.md``)."""
+        if (self.backend != "sdpa" or mask is None or not mask.window_active or bias is not None or need_weights
+                or mask.documents is not None or mask.q_offset != 0 or q.shape[2] != k.shape[2]
+                or q.shape[-1] != v.shape[-1] or (self.training and self.config.dropout)):
+            return False
+        return q.shape[2] >= 4 * (2 * mask.window + TILE)
+
+    def _window_band(self, q, k, v, mask: AttentionMask) -> AttentionResult:
+        """Causal: keys ``i - W < j <= i``; bidirectional: ``|i - j| < W`` — the same keys the dense mask allows."""
+        s, window = q.shape[2], mask.window
+        firsts = torch.arange(-(-s // TILE), device=q.device)[None] * TILE  # [1, n]: first query of each tile
+        if mask.causal:
+            span, allow = window + TILE - 1, (lambda i, j: (j <= i) & (i - j < window))
+        else:
+            span, allow = 2 * window + TILE - 2, (lambda i, j: (i - j).abs() < window)
+        with self.kernel_choice(q, mask):
+            out = banded_sdpa(q, k, v, tile=TILE, starts=firsts - (window - 1), span=span, scale=self.scale,
+                              key_real=mask.key_padding, allow=allow)
+        dispatch = "sdpa:window_band" + ("" if self.config.sdpa_kernel is None else f"[{self.config.sdpa_kernel}]")
+        return AttentionResult(out, None, dispatch)
 
     def _run_kernel(self, q, k, v, mask, bias, *, need_weights: bool = False) -> AttentionResult:
         """The backend call, inside torch's kernel restriction when ``sdpa_kernel`` is set."""

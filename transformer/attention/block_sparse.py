@@ -20,6 +20,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+TILE = 32  # queries per band tile: each scores span = band + TILE - 1 keys (small tiles waste little, large ones batch better)
+
+
 class Partial(NamedTuple):
     """Softmax attention over one key subset: ``out = sum_j exp(x_j - max) v_j``, ``max``, ``sum = sum_j exp(x_j - max)``."""
 
@@ -66,6 +69,24 @@ def gather_band(q: Tensor, k: Tensor, v: Tensor, *, tile: int, starts: Tensor, s
     if key_real is not None:
         allowed = allowed & key_real[torch.arange(b, device=q.device)[:, None, None], index.expand(b, -1, -1)][:, :, None, :]
     return qt, _gather_keys(k, index), _gather_keys(v, index), allowed
+
+
+def banded_sdpa(q: Tensor, k: Tensor, v: Tensor, *, tile: int, starts: Tensor, span: int, scale: float,
+                allow: Callable[[Tensor, Tensor], Tensor], key_real: Tensor | None) -> Tensor:
+    """Exact softmax attention when each query's keys lie in its tile's band (:func:`gather_band`): one fused
+    ``F.scaled_dot_product_attention`` call over all tiles. ``q`` ``[b, h, s, d]`` -> ``[b, h, s, e]``; queries
+    that see no key (an all-padding row) get zeros."""
+    b, h, s, d = q.shape
+    n_kv = k.shape[1]
+    g = h // n_kv
+    qt, kw, vw, allowed = gather_band(q.view(b, n_kv, g, s, d), k, v, tile=tile, starts=starts, span=span, allow=allow,
+                                      key_real=key_real)
+    empty = ~allowed.any(-1, keepdim=True)  # opened for the kernel (no all -inf row), zeroed after
+    out = F.scaled_dot_product_attention(  # [b, n, h, t, d] queries over [b, n, n_kv, W, d] keys
+        qt.permute(0, 3, 1, 2, 4, 5).reshape(b, -1, h, tile, d), kw.transpose(1, 2), vw.transpose(1, 2),
+        attn_mask=(allowed | empty)[:, :, None], scale=scale, enable_gqa=g > 1)  # [b, n, h, t, e]
+    out = out.masked_fill(empty[:, :, None], 0.0)
+    return out.permute(0, 2, 1, 3, 4).reshape(b, h, -1, out.shape[-1])[:, :, :s]
 
 
 def band(q: Tensor, k: Tensor, v: Tensor, *, tile: int, starts: Tensor, span: int, scale: float,

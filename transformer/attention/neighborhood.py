@@ -20,16 +20,13 @@ Shape legend: b batch, h heads, n_kv key/value heads, g = h / n_kv, s sequence, 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from .block_sparse import gather_band
+from .block_sparse import TILE, banded_sdpa
 from .config import AttentionConfig
 from .gqa import GroupQueryAttention
 from .masks import AttentionMask
 from .sdpa import AttentionResult
-
-TILE = 32  # queries per band tile: each scores w + TILE - 1 keys (small tiles waste little, large ones batch better)
 
 
 def neighborhood_start(i: Tensor, size: int, length: Tensor) -> Tensor:
@@ -77,22 +74,13 @@ class NeighborhoodAttention(GroupQueryAttention):
         padding = None if mask is None else mask.key_padding  # [b, L]
         length = (padding.sum(-1) if padding is not None else torch.full((1,), L, device=q.device))  # [b|1]
         if s == L and not need_weights and not (self.training and self.config.dropout) and (mask is None or mask.documents is None):
-            n_kv = k.shape[1]
             # Window starts never decrease along the sequence, so a tile of t queries needs the w + t - 1 keys from
             # its first query's start: (w + t - 1) scores per query instead of s.
             firsts = torch.arange(-(-s // TILE), device=q.device)[None] * TILE  # [1, n]
             starts = neighborhood_start(firsts, self.size, length[:, None])  # [b|1, n]
-            g = h // n_kv
-            qt, kw, vw, allowed = gather_band(q.view(b, n_kv, g, s, d), k, v, tile=TILE, starts=starts, span=self.size + TILE - 1,
-                                              key_real=padding, allow=lambda i, j: self.allowed(i, j, length.view(-1, 1, 1, 1)))
-            # One fused softmax-attention call over all tiles: [b, n, h, t, d] queries, [b, n, n_kv, W, d] keys.
-            empty = ~allowed.any(-1, keepdim=True)  # queries of an all-padding row: opened, then zeroed
             with self.kernel_choice(q, mask):
-                out = F.scaled_dot_product_attention(
-                    qt.permute(0, 3, 1, 2, 4, 5).reshape(b, -1, h, TILE, d), kw.transpose(1, 2), vw.transpose(1, 2),
-                    attn_mask=(allowed | empty)[:, :, None], scale=self.scale, enable_gqa=g > 1)  # [b, n, h, t, e]
-            out = out.masked_fill(empty[:, :, None], 0.0)
-            out = out.permute(0, 2, 1, 3, 4).reshape(b, h, -1, out.shape[-1])[:, :, :s]
+                out = banded_sdpa(q, k, v, tile=TILE, starts=starts, span=self.size + TILE - 1, scale=self.scale, key_real=padding,
+                                  allow=lambda i, j: self.allowed(i, j, length.view(-1, 1, 1, 1)))
             return AttentionResult(out, None, "neighborhood:banded")
         q_pos = torch.arange(s, device=q.device)[:, None]
         pattern = self.allowed(q_pos[None], torch.arange(L, device=q.device)[None, None, :], length.view(-1, 1, 1))

@@ -197,11 +197,12 @@ class LanguageModelTask(Task):
         model, corpus = module.model, data.corpus
         return {**flat_dict(to_container(cfg)), "model.parameters": model.num_parameters(),
                 "model.kv_cache_bytes_per_token": model.kv_cache_bytes_per_token(),
+                "model.kv_cache_bytes_per_token_at_max_len": model.kv_cache_bytes_per_token_at(),
                 "data.train_tokens": corpus.train_tokens, "data.val_tokens": corpus.val_tokens}
 
     def describe(self, cfg: RunConfig, data, module) -> str:
         corpus = data.corpus
-        text = (f"model: {module.model.num_parameters():,} parameters, attention {cfg.model.attention.type}; "
+        text = (f"model: {module.model.num_parameters():,} parameters, attention {_attention_summary(module.model)}; "
                 f"data: {corpus.train_tokens:,} train / {corpus.val_tokens:,} val tokens")
         counts = getattr(corpus, "counts", None)
         if counts:  # instruction / chat examples
@@ -284,3 +285,18 @@ def _continue_settings(cfg: RunConfig, resume: Resume) -> None:
             if key in current and key not in set_keys:
                 current[key] = value
         setattr(cfg, section, build(nest(current)))
+
+
+def _attention_summary(model) -> str:
+    """``gqa``, or for per-layer attention the layers in depth order with repeat counts
+    (``gqa window 512 x3, gqa``)."""
+    stack = model.decoder if hasattr(model, "decoder") else model.encoder
+    types = [block.attn.attention_type + (f" window {block.attn.sliding_window}" if block.attn.sliding_window else "")
+             for block in stack.blocks]
+    runs = []
+    for name in types:
+        if runs and runs[-1][0] == name:
+            runs[-1][1] += 1
+        else:
+            runs.append([name, 1])
+    return ", ".join(name if count == 1 else f"{name} x{count}" for name, count in runs) if len(runs) > 1 else types[0]

@@ -427,3 +427,22 @@ def test_sdpa_kernels_on_cuda(kernel):
         return
     torch.testing.assert_close(out, reference(x), atol=2e-3, rtol=2e-3)
     assert layer.last_dispatch.endswith(f"[{kernel}]")
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_a_long_sequence_with_a_sliding_window_runs_banded_with_the_dense_result(causal):
+    torch.manual_seed(7)
+    layer = get_attention("gqa", D, H, num_kv_heads=2, causal=causal, sliding_window=6, positional="rope").eval()
+    dense = get_attention("gqa", D, H, num_kv_heads=2, causal=causal, sliding_window=6, positional="rope", backend="eager").eval()
+    dense.load_state_dict(layer.state_dict())
+    x = torch.randn(2, 200, D)
+    padding = torch.ones(2, 200, dtype=torch.long)
+    padding[1, 150:] = 0
+    check(layer, dense, x)
+    assert layer.last_dispatch == "sdpa:window_band"
+    out, ref = layer(x, attention_mask=padding), dense(x, attention_mask=padding)
+    assert_close(out[0], ref[0])
+    assert_close(out[1, :150], ref[1, :150])
+    short = get_attention("gqa", D, H, causal=causal, sliding_window=6)
+    short(x[:, :40])
+    assert short.last_dispatch == "sdpa:bool_mask"  # a short sequence keeps the dense masked kernel
