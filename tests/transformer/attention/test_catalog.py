@@ -127,7 +127,6 @@ def test_causal_linear_attention_matches_the_quadratic_form(decay, chunk):
 def test_bidirectional_linear_attention_and_its_errors():
     layer = get_attention("linear", D, H).eval()
     x = torch.randn(1, 7, D)
-    d = D // H
     w = layer.qkv_proj.weight
     q, k, v = (heads(x @ w[i * D : (i + 1) * D].T, H) for i in range(3))
     q, k = F.elu(q) + 1, F.elu(k) + 1
