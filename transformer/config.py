@@ -181,10 +181,7 @@ class ModelConfig:
         self.attention_layers = layers
         for depth in self.stack_depths():
             for index in range(depth):
-                att = self.layer_attention(index, depth)
-                if att.type == "sparse" and (att.sparse_top_k or 0) > self.max_seq_len:
-                    raise ValueError(f"sparse_top_k={att.sparse_top_k} (layer {index}) is larger than model.max_seq_len="
-                                     f"{self.max_seq_len}: every query would keep every key; lower it or use a dense type")
+                self.layer_attention(index, depth)
 
     @staticmethod
     def _check_overrides(options: Any, where: str) -> None:
@@ -207,7 +204,7 @@ class ModelConfig:
         """The attention config of layer ``index`` (0-based) of a stack of ``num_layers``: the default, then the
         pattern's variant for this depth, then the layer's own overrides."""
         if self.uniform_attention:
-            return self.attention
+            return self._checked_layer(self.attention, "model.attention", index)
         options = {f.name: getattr(self.attention, f.name) for f in dataclasses.fields(ModelAttentionConfig)}
         where, explicit = "model.attention", {}
         if self.attention_pattern is not None:
@@ -231,6 +228,13 @@ class ModelConfig:
             att.resolve_heads(self.embed_dim, self.num_heads)
         except ValueError as err:
             raise ValueError(f"{where} (layer {index}): {err}") from None
+        return self._checked_layer(att, where, index)
+
+    def _checked_layer(self, att: ModelAttentionConfig, where: str, index: int) -> ModelAttentionConfig:
+        """Checks that need the model's fields as well as the layer's."""
+        if att.type == "sparse" and (att.sparse_top_k or 0) > self.max_seq_len:
+            raise ValueError(f"{where}.sparse_top_k={att.sparse_top_k} (layer {index}) is larger than model.max_seq_len="
+                             f"{self.max_seq_len}: every query would keep every key; lower it or use a dense type")
         return att
 
     @property
