@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from .attention import AttentionMask, get_attention, sinusoidal_table
 from .attention.kv_cache import CacheBase
+from .attention.registry import attention_class  # entries: transformer/attention/registry.py
 from .config import ModelConfig
 from .fused_ops import RMSNorm, swiglu_mlp
 
@@ -151,7 +152,7 @@ class TransformerBlock(nn.Module):
             cross = cfg.attention.layer_options()
             cross.update(causal=False, positional="none", sliding_window=None, num_layers=num_layers, init_std=cfg.init_std,
                          layer_index=index)
-            if not getattr(_attention_class(cfg.attention.type), "supports_cross_attention", True):
+            if not getattr(attention_class(cfg.attention.type), "supports_cross_attention", True):
                 raise ValueError(f"model.attention.type={cfg.attention.type!r} has no cross-attention; an encoder_decoder "
                                  f"needs a softmax type (mha, mqa, gqa, mla, differential) as model.attention.type and the "
                                  f"others through model.attention_pattern / attention_layers")
@@ -194,12 +195,6 @@ class TransformerBlock(nn.Module):
         else:
             x = self._residual(x, self.norm2, self.mlp)
         return x, aux
-
-
-def _attention_class(name: str):
-    from .attention.registry import _builder  # the registry's entries live in transformer/attention/registry.py
-
-    return _builder(name)
 
 
 class TokenEmbedding(nn.Module):

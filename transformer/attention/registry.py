@@ -31,6 +31,14 @@ def _builder(name: str) -> "Callable[..., nn.Module]":
     return entry
 
 
+def attention_class(name: str) -> "Callable[..., nn.Module]":
+    """The class (or factory) registered as ``name``, imported if built in: for reading its capabilities (e.g.
+    ``supports_cross_attention``) without building a layer."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown attention type {name!r}; known types: {', '.join(available_attention_types())}")
+    return _builder(name)
+
+
 def register_attention(name: str) -> "Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]":
     """Decorator: make ``get_attention(name, embed_dim, num_heads, **options)`` build this class.
 
