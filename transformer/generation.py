@@ -89,6 +89,7 @@ def generate(
     prefill_chunk: int | None = None,
     cache: str = "contiguous",
     cache_options: dict | None = None,
+    stop_when=None,
 ) -> Tensor:
     """Extend ``input_ids`` ``[b, s]`` by up to ``max_new_tokens``; returns ``[b, s + n]``.
 
@@ -131,7 +132,8 @@ def generate(
         stops = None
         if eos_token_id is not None:
             stops = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=input_ids.device)
-        fill = pad_token_id if pad_token_id is not None else (None if stops is None else int(stops[0]))
+        fill = pad_token_id if pad_token_id is not None else (0 if stops is None else int(stops[0]))
+        track = stops is not None or stop_when is not None
         for _ in range(max_new_tokens):
             if tokens.shape[1] - start > limit:  # the window is full: slide it and re-encode from position 0
                 start = tokens.shape[1] - keep
@@ -143,14 +145,17 @@ def generate(
             else:
                 logits = model(tokens[:, start:], attention_mask=window_mask, num_logits=1).logits[:, -1]
             next_token = sample_next(logits, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator)
-            if stops is not None:
+            if track:
                 next_token = torch.where(finished, torch.full_like(next_token, fill), next_token)
+            if stops is not None:
                 finished |= torch.isin(next_token, stops)
             tokens = torch.cat([tokens, next_token[:, None]], dim=1)
+            if stop_when is not None:
+                finished |= stop_when(tokens).to(finished.device)
             if mask is not None:
                 mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             step_input = next_token[:, None]
-            if stops is not None and bool(finished.all()):
+            if track and bool(finished.all()):
                 break
         return tokens
     finally:

@@ -17,41 +17,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .attention.cache_kinds import CACHE_KINDS
-from .data.tokenizer import load_tokenizer
 from .errors import guarded
 from .generation import generate
-from .training.checkpoint_io import CheckpointError
-from .training.weights import load_model
-
-
-def _tokenizer_of(source: str | Path, tokenizer_json: str | None):
-    """The source's tokenizer with its ``tokenizer_config.json`` (special tokens, chat template)."""
-    from .training import checkpoint_keys as K
-    from .training.checkpoint_io import read_checkpoint
-
-    path = Path(source)
-    from .interop.gguf import gguf_tokenizer, is_gguf
-
-    if is_gguf(path):
-        return gguf_tokenizer(path)
-    if path.is_dir():
-        if not (path / "tokenizer.json").is_file():
-            raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
-        return load_tokenizer(path)
-    if tokenizer_json is None:
-        raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
-    config = read_checkpoint(path).get(K.TOKENIZER_CONFIG)
-    with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "tokenizer.json").write_text(tokenizer_json)
-        if config is not None:
-            (Path(tmp) / "tokenizer_config.json").write_text(config)
-        return load_tokenizer(Path(tmp) / "tokenizer.json")
+from .training.weights import load_model, source_tokenizer
 
 
 def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temperature: float = 0.8, top_k: int | None = 50,
@@ -64,7 +37,7 @@ def sample(source: str | Path, prompt: str, *, max_new_tokens: int = 200, temper
     KV cache kind (contiguous, paged, int8, int4); ``prefill_chunk``: feed the prompt in chunks of that many tokens.
     """
     model, tokenizer_json = load_model(source)
-    tokenizer = _tokenizer_of(source, tokenizer_json)
+    tokenizer = source_tokenizer(source, tokenizer_json)
     stop = None
     if chat:
         from .data.chat import END_OF_TURN, render, resolve_template, template_tokens

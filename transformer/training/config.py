@@ -174,6 +174,44 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Evaluation during training: built-in probes and lm-eval tasks, logged as ``eval/<task>/<metric>``
+    (``python -m transformer.evaluate`` runs the same tasks on a finished run; names as there)."""
+
+    tasks: list[str] = field(default_factory=list)
+    """e.g. ``[probes]``, ``[passkey_64, assoc_recall, length_extrapolation]``, or lm-eval task names (with
+    ``include_path``). Empty: no evaluation."""
+    every_n_steps: int = 0
+    """Evaluate every this many optimizer steps (0: only at the end of training)."""
+    limit: int | None = None
+    """At most this many documents per task (None: all)."""
+    probe_docs: int = 100
+    """Documents generated per probe task."""
+    probe_lengths: list[int] | None = None
+    """Probe context lengths in tokens (None: a quarter, half and all of ``model.max_seq_len``)."""
+    include_path: str | None = None
+    """A directory of lm-eval task YAMLs over local files."""
+    batch_size: int = 16
+    factors: list[int] = field(default_factory=lambda: [1, 2, 4])
+    """``length_extrapolation``: multiples of ``model.max_seq_len``."""
+    blocks: int = 4
+    """``length_extrapolation``: validation blocks of the longest length."""
+    seed: int = 0
+    """Seed of the probes' documents (the same documents at every evaluation)."""
+
+    def __post_init__(self) -> None:
+        in_range("eval.every_n_steps", self.every_n_steps, 0)
+        positive_fields("eval", self, ("probe_docs", "batch_size", "blocks"))
+        positive_fields("eval", self, ("limit",), optional=True)
+        for key in ("factors", "probe_lengths"):
+            values = getattr(self, key)
+            if values is not None and (not values or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in values)):
+                raise ValueError(f"eval.{key}={list(values)!r} must be a non-empty list of positive whole numbers")
+        if any(not isinstance(t, str) or not t.strip() for t in self.tasks):
+            raise ValueError(f"eval.tasks={list(self.tasks)!r} must be task names")
+
+
+@dataclass
 class RunCommon:
     """The keys every task's run config has (language model, regression, ...), with one name and one docstring."""
 
@@ -236,6 +274,7 @@ class RunConfig(RunCommon):
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
 
     def __post_init__(self) -> None:
         self.check_common("lm")

@@ -116,6 +116,10 @@ class LanguageModelTask(Task):
             if prompt >= cfg.model.max_seq_len:
                 raise ValueError(f"sample.prompt is {prompt} tokens, which leaves no room under model.max_seq_len="
                                  f"{cfg.model.max_seq_len}; shorten it or set sample.max_new_tokens=0")
+        if cfg.eval.tasks:  # unknown tasks, missing data files, probes past the context: before any training
+            from .eval_callback import eval_plan
+
+            eval_plan(cfg.eval, cfg.model, data.corpus.tokenizer())
 
     def check_resume(self, cfg: RunConfig, data, resume: Resume) -> None:
         from ..data.tokenizer import tokenizer_identity
@@ -215,7 +219,13 @@ class LanguageModelTask(Task):
     def callbacks(self, cfg: RunConfig, data) -> list:
         from .callbacks import TextSampleCallback
 
-        return [TextSampleCallback(cfg.sample, data.corpus.tokenizer())]
+        callbacks = [TextSampleCallback(cfg.sample, data.corpus.tokenizer())]
+        if cfg.eval.tasks:
+            from .eval_callback import EvalCallback, eval_plan
+
+            tokenizer = data.corpus.tokenizer()
+            callbacks.append(EvalCallback(cfg.eval, tokenizer, eval_plan(cfg.eval, cfg.model, tokenizer)))
+        return callbacks
 
     def fit(self, cfg: RunConfig, trainer, module, data, ckpt_path: str | None) -> None:
         trainer.fit(module, datamodule=data, ckpt_path=ckpt_path)

@@ -118,6 +118,31 @@ def load_model(source: str | Path, *, merge: bool = True) -> tuple[nn.Module, st
     return model.eval(), tokenizer
 
 
+def source_tokenizer(source: str | Path, tokenizer_json: str | None):
+    """The tokenizer of a model source (a checkpoint's stored ``tokenizer_json``, a directory's ``tokenizer.json``,
+    a GGUF file's vocabulary) with its ``tokenizer_config.json`` (special tokens, chat template)."""
+    import tempfile
+
+    from ..data.tokenizer import load_tokenizer
+    from ..interop.gguf import gguf_tokenizer, is_gguf
+
+    path = Path(source)
+    if is_gguf(path):
+        return gguf_tokenizer(path)
+    if path.is_dir():
+        if not (path / "tokenizer.json").is_file():
+            raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
+        return load_tokenizer(path)
+    if tokenizer_json is None:
+        raise CheckpointError(f"{source} carries no tokenizer (tokenizer.json); cannot turn text into ids")
+    config = read_checkpoint(path).get(K.TOKENIZER_CONFIG)
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "tokenizer.json").write_text(tokenizer_json)
+        if config is not None:
+            (Path(tmp) / "tokenizer_config.json").write_text(config)
+        return load_tokenizer(Path(tmp) / "tokenizer.json")
+
+
 def _load_adapter_checkpoint(source, checkpoint: dict, *, merge: bool) -> nn.Module:
     from ..adapters import FinetuneConfig, apply_adapters, merge_adapters
     from ..transformer_model import build_model
