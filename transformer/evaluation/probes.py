@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import string
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,10 +81,17 @@ class _Text:
                              "the probes need them for keys and values")
         return letters
 
-    def require(self, text: str, probe: str) -> None:
-        if not self.spells(text):
-            raise ValueError(f"probe {probe}: the tokenizer cannot spell {text[:60]!r} back exactly (its vocabulary lacks "
-                             f"some of those characters)")
+    def adapt(self, text: str, probe: str) -> str:
+        """``text`` as this vocabulary can write it: unchanged when it can, else lower-cased where needed and without
+        the characters it lacks (a character tokenizer trained on lower-case text without ``:``)."""
+        if self.spells(text):
+            return text
+        kept = [c if self.spells(c) else c.lower() for c in text if c == " " or self.spells(c) or self.spells(c.lower())]
+        result = re.sub(" +", " ", "".join(kept))
+        if not result.strip() or not self.spells(result):
+            raise ValueError(f"probe {probe}: the tokenizer cannot spell {text[:60]!r} (nor a lower-case version of it) "
+                             f"back exactly: its vocabulary lacks those characters")
+        return result
 
 
 def _fit(build, count, length: int, probe: str, start: int = 64):
@@ -130,17 +138,18 @@ def _random_word(rng: random.Random, alphabet: str, size: int, avoid: set[str]) 
 def make_passkey(tokenizer, length: int, n: int, seed: int) -> list[dict]:
     text = _Text(tokenizer)
     alphabet = text.alphabet()
-    for piece in (INTRO, FILLER, QUESTION, " The pass key is x. Remember it. x is the pass key."):
-        text.require(piece, "passkey")
+    say = {name: text.adapt(words, "passkey") for name, words in (
+        ("intro", INTRO), ("question", QUESTION), ("short_question", " The pass key is"), ("key_is", "The pass key is "),
+        ("remember", ". Remember it. "), ("is_key", " is the pass key."), ("stop", "."))}
     rng = random.Random(f"passkey-{seed}-{length}")
-    sentences = [s.strip() + "." for s in FILLER.split(".") if s.strip()]
+    sentences = [text.adapt(s.strip() + ".", "passkey") for s in FILLER.split(".") if s.strip()]
 
     def build(k: int, depth: float = 0.5, key: str = "0" * 5, intro: bool = True):
         filler = [sentences[i % len(sentences)] for i in range(k - 1)]  # k - 1 filler sentences, cycling
         before = round(len(filler) * depth)
-        needle = f"The pass key is {key}. Remember it. {key} is the pass key." if intro else f"The pass key is {key}."
+        needle = (say["key_is"] + key + (say["remember"] + key + say["is_key"] if intro else say["stop"]))
         body = " ".join(filler[:before] + [needle] + filler[before:])
-        return (INTRO + " " if intro else "") + body + (QUESTION if intro else " The pass key is"), " " + key
+        return (say["intro"] + " " if intro else "") + body + (say["question"] if intro else say["short_question"]), " " + key
 
     intro = text.count("".join(build(1))) <= length - 4  # short contexts: the needle and the question only
     repeats = _fit(lambda k: build(k, intro=intro), text.count, length - 4, "passkey", start=8)  # 4 tokens of slack
@@ -175,7 +184,7 @@ def make_assoc_recall(tokenizer, length: int, n: int, seed: int, answered: int =
     one (fewer when the context is short)."""
     text = _Text(tokenizer)
     alphabet = text.alphabet()
-    text.require("x: y, x: y. x: y, x:", "assoc_recall")
+    colon, comma, stop = (text.adapt(p, "assoc_recall") for p in (": ", ", ", ". "))
     rng = random.Random(f"assoc_recall-{seed}-{length}")
     sizes = {"key": 3, "value": 2}
 
@@ -185,9 +194,9 @@ def make_assoc_recall(tokenizer, length: int, n: int, seed: int, answered: int =
         keys = [_random_word(draw, alphabet, sizes["key"], used_keys) for _ in range(pairs)]
         values = [_random_word(draw, alphabet, sizes["value"], used_values) for _ in range(pairs)]
         queries = draw.sample(range(pairs), min(answered + 1, pairs))
-        listing = ", ".join(f"{k}: {v}" for k, v in zip(keys, values))
-        asked = ", ".join(f"{keys[q]}: {values[q]}" for q in queries[:-1])
-        context = f"{listing}. " + (asked + ", " if asked else "") + f"{keys[queries[-1]]}:"
+        listing = comma.join(k + colon + v for k, v in zip(keys, values))
+        asked = comma.join(keys[q] + colon + values[q] for q in queries[:-1])
+        context = listing + stop + (asked + comma if asked else "") + keys[queries[-1]] + colon.rstrip()
         others = [" " + values[j] for j in draw.sample([j for j in range(pairs) if j != queries[-1]], CHOICES - 1)]
         choices, gold = _shuffle_choices(draw, " " + values[queries[-1]], others)
         return context, choices, gold
@@ -219,13 +228,14 @@ def make_assoc_recall(tokenizer, length: int, n: int, seed: int, answered: int =
 def make_copying(tokenizer, length: int, n: int, seed: int) -> list[dict]:
     text = _Text(tokenizer)
     alphabet = text.alphabet()
-    text.require("Text: x x\nAgain: x", "copying")
+    sep = "\n" if text.spells("a\nb") else text.adapt(". ", "copying")  # a line break where the vocabulary has one
+    label, again = text.adapt("Text: ", "copying"), text.adapt("Again: ", "copying")
     rng = random.Random(f"copying-{seed}-{length}")
 
     def make_doc(half: int, draw: random.Random = rng):
         used: set[str] = set()
         words = [_random_word(draw, alphabet, 4, used) for _ in range(2 * half)]
-        context = "Text: " + " ".join(words) + "\nAgain: " + " ".join(words[:half])
+        context = label + " ".join(words) + sep + again + " ".join(words[:half])
         others = [" " + " ".join(_random_word(draw, alphabet, 4, used) for _ in range(half)) for _ in range(CHOICES - 1)]
         choices, gold = _shuffle_choices(draw, " " + " ".join(words[half:]), others)
         return context, choices, gold

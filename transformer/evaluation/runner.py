@@ -147,7 +147,7 @@ def usable_probes(plan: TaskPlan, tokenizer, *, docs: int, seed: int):
     return tasks
 
 
-def run_lm_eval(lm, plan: TaskPlan, *, probe_docs: int, seed: int, work_dir: Path, limit: int | float | None,
+def run_lm_eval(lm, plan: TaskPlan, *, probe_docs: int, seed: int, work_dir: Path, limit: int | float | None = None,
                 bootstrap_iters: int = 1000) -> dict[str, dict[str, float]]:
     """Probes and lm-eval tasks of ``plan`` through lm-eval's evaluator; ``{task: {metric: value}}`` on rank 0,
     None on the other ranks of a distributed evaluation."""
