@@ -110,3 +110,31 @@ def test_bad_eval_config_fails_before_training(tmp_path, toy_corpus):
     with pytest.raises(ValueError, match=r"eval.tasks: task passkey_64: .*model.max_seq_len=32"):
         run(load_config(None, tiny_overrides(toy_corpus, tmp_path, **{"eval.tasks": "[passkey_64]"})))
     assert not list(tmp_path.glob("default-*/checkpoints/*.ckpt"))
+
+
+def test_eval_callback_under_ddp_equals_one_process_on_the_same_weights(tmp_path, toy_corpus):
+    """Two processes each score their share of an odd number of documents (7 + 6) and of the extrapolation blocks;
+    the logged figures are those of one process evaluating the final checkpoint: a mean over all documents and
+    tokens, never a mean of the two ranks' means."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[3]
+    args = tiny_overrides(toy_corpus, tmp_path / "runs", **{
+        "trainer.max_steps": 6, "trainer.val_check_interval": 6, "trainer.accelerator": "cpu", "trainer.devices": 2,
+        "trainer.strategy": "ddp", "data.batch_size": 4, "sample.max_new_tokens": 0, "eval.probe_docs": 13,
+        "eval.tasks": "[copying_32,length_extrapolation]", "eval.blocks": 3})
+    proc = subprocess.run([sys.executable, str(root / "train.py"), *args], capture_output=True, text=True, cwd=root,
+                          env=dict(os.environ, PYTHONPATH=str(root)), timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [run_dir] = (tmp_path / "runs").glob("default-*")
+    logged = pd.read_csv(run_dir / "csv" / "metrics.csv").ffill().iloc[-1]
+    assert main([str(run_dir / "checkpoints" / "last.ckpt"), "--tasks", "copying_32,length_extrapolation",
+                 "--probe-docs", "13", "--blocks", "3"]) == 0
+    [result] = (run_dir / "eval").glob("eval-*.json")
+    alone = json.loads(result.read_text())["results"]
+    assert logged["eval/copying_32/acc"] == pytest.approx(alone["copying_32"]["acc"], abs=1e-9)
+    for key, value in alone["length_extrapolation"].items():
+        assert logged[f"eval/length_extrapolation/{key}"] == pytest.approx(value, rel=1e-5), key
