@@ -11,8 +11,10 @@ rounds' spread; a spread over 25% is flagged), best validation loss and perplexi
 quality ratio to the MHA run (``ppl_MHA / ppl_run``; 1.0 = as good as MHA). MHA comes first.
 
 Plots: validation loss vs step (1-based, as checkpoint names count) and vs wall time; KV-cache bytes
-vs best validation loss with the trade-off frontier; each run has one colour in all three. Runs whose configs differ in anything besides the compared (swept) keys are
-flagged, naming the keys, so an unfair comparison is never silent.
+vs best validation loss with the trade-off frontier, and vs mean probe accuracy where the runs were evaluated
+(``python -m transformer.evaluate`` or ``eval.tasks``: its tasks are columns too); each run has one colour in all.
+Runs whose configs differ in anything besides the compared (swept) keys are flagged, naming the keys, so an unfair
+comparison is never silent.
 
 Regression runs get their own table: test RMSE / MAE / R², every baseline's test RMSE and the ratio to the best
 baseline (from ``result.json``).
@@ -268,8 +270,13 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
                 kind_speed = kind_speeds[kind][index]
                 run.row[f"decode_tokens_per_s_{kind}"] = round(kind_speed["median"], 1) if kind_speed else math.nan
     mha = [r for r in runs if r.row["attention"] == "mha" and r.row["pattern"] == "-"]
-    for run in runs:
+    evaluated = [eval_figures(run) for run in runs]
+    columns = sorted(set().union(*evaluated) - {"probe_acc"})
+    for run, figures in zip(runs, evaluated):
         run.row["quality_vs_mha"] = round(math.exp(mha[0].row["best_val_loss"] - run.row["best_val_loss"]), 4) if mha else math.nan
+        if any("probe_acc" in f for f in evaluated):
+            run.row["probe_acc"] = figures.get("probe_acc", math.nan)
+        run.row.update({column: figures.get(column, math.nan) for column in columns})
         run.row["flags"] = "; ".join(run.flags + run.notes)
 
 
@@ -308,28 +315,61 @@ def write_plots(runs: list[Run], out: Path) -> list[Path]:
         fig.savefig(out / name, dpi=120)
         plt.close(fig)
         paths.append(out / name)
+    paths.append(_frontier_plot(runs, colors, "best_val_loss", "best validation loss", out / "kv_cache_vs_loss.png"))
+    if any(not math.isnan(r.row.get("probe_acc", math.nan)) for r in runs):
+        paths.append(_frontier_plot([r for r in runs if not math.isnan(r.row.get("probe_acc", math.nan))], colors,
+                                    "probe_acc", "mean probe accuracy (chance 0.25)", out / "kv_cache_vs_probe_acc.png",
+                                    higher_is_better=True))
+    return paths
+
+
+def _frontier_plot(runs: list[Run], colors: dict, y_key: str, ylabel: str, path: Path, *, higher_is_better: bool = False) -> Path:
+    """KV-cache bytes per token vs ``y_key`` with the trade-off frontier: a run is on it when no cheaper run is better."""
+    import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    points = sorted((r.row["kv_cache_bytes_per_token"], r.row["best_val_loss"], run_label(r.path), colors[str(r.path)]) for r in runs)
+    points = sorted((r.row["kv_cache_bytes_per_token"], r.row[y_key], run_label(r.path), colors[str(r.path)]) for r in runs)
     for x, y, label, color in points:
         ax.scatter(x, y, color=color, label=label, zorder=3)
         ax.annotate(label, (x, y), fontsize=7, xytext=(4, 4), textcoords="offset points", annotation_clip=False)
+    sign = -1 if higher_is_better else 1
     frontier, best = [], math.inf
     for x, y, _, _ in points:  # cheapest cache first: a run is on the frontier if it beats every cheaper one
-        if y < best:
+        if sign * y < best:
             frontier.append((x, y))
-            best = y
+            best = sign * y
     ax.plot(*zip(*frontier), linestyle="--", color="gray", label="frontier (no cheaper run is better)")
     ax.set_xscale("log")
     ax.margins(x=0.25, y=0.15)  # room for the labels of the outermost points
     ax.set_xlabel("KV-cache bytes per token (fp32, all layers)")
-    ax.set_ylabel("best validation loss")
+    ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(out / "kv_cache_vs_loss.png", dpi=120, bbox_inches="tight")
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
-    paths.append(out / "kv_cache_vs_loss.png")
-    return paths
+    return path
+
+
+def eval_figures(run: Run) -> dict[str, float]:
+    """A run's evaluation figures, ``{"<task>/<metric>": value}``: the newest ``python -m transformer.evaluate``
+    results in ``<run>/eval/``, else the last values its training logged as ``eval/<task>/<metric>``; and
+    ``probe_acc``, the mean accuracy over the built-in probe tasks (passkey, associative recall, copying)."""
+    from .evaluation.probes import parse_probe_name
+    from .evaluation.runner import latest_results
+
+    figures = {f"{task}/{metric}": value for task, values in latest_results(run.path).items()
+               for metric, value in values.items() if not metric.endswith("_stderr")}
+    if not figures:
+        for column in run.history.columns:
+            if column.startswith("eval/") and not column.endswith("_stderr"):
+                values = run.history[column].dropna()
+                if len(values):
+                    figures[column.removeprefix("eval/")] = float(values.iloc[-1])
+    probes = [v for k, v in figures.items() if k.endswith("/acc") and parse_probe_name(k.split("/")[0])]
+    if probes:
+        figures["probe_acc"] = sum(probes) / len(probes)
+    return {k: round(v, 4) for k, v in figures.items()}
 
 
 def markdown_table(table: pd.DataFrame) -> str:
@@ -409,6 +449,10 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
              "across the runs (measured by this report). decode_spread: (max - min) / median of the rounds; above "
              f"{NOISY_SPREAD:.0%} the run is flagged as noisy.",
              "- quality_vs_mha: ppl(MHA) / ppl(run), from the best validation losses.",
+             "- TASK/METRIC columns: the newest `python -m transformer.evaluate` results in the run's eval/ directory, else "
+             "the last eval/TASK/METRIC its training logged (eval.tasks); probe_acc: the mean accuracy over the built-in "
+             "probes (4-way choices: chance is 0.25); length_extrapolation/loss@Kx: validation loss at K times the trained "
+             "context (tail_loss: its last trained-length positions only).",
              *(["- kv_bytes_KIND / val_ppl_KIND / ppl_change_KIND / decode_tokens_per_s_KIND: the best checkpoint with a KV "
                 "cache of that kind; the validation split is read through the cache 16 tokens at a time, and the change is "
                 "against the contiguous cache read the same way."] if caches else []), ""]

@@ -127,19 +127,52 @@ class ToolkitLM(TemplateLM):
             whole = list(context) + list(continuation)
             self._check_length(len(whole) - 1, f"context + continuation of {key!r}"[:200])
             rows.append((index, whole[:-1], whole[len(whole) - len(continuation):]))
-        rows.sort(key=lambda r: -len(r[1]))  # longest first: the first batch shows an out-of-memory at once
         out: list[tuple[float, bool] | None] = [None] * len(rows)
         size = override_bs or self.batch_size
+        groups: dict[tuple[int, ...], list] = defaultdict(list)  # rows by the input before their first scored position
+        for row in rows:
+            groups[tuple(row[1][:len(row[1]) - len(row[2])])].append(row)
+        shared = [(prefix, group) for prefix, group in groups.items() if len(group) > 1 and prefix]
+        single = sorted((r for prefix, group in groups.items() if not (len(group) > 1 and prefix) for r in group),
+                        key=lambda r: -len(r[1]))  # longest first: the first batch shows an out-of-memory at once
         was_training = self.model.training
         self.model.eval()
         try:
-            for begin in range(0, len(rows), size):
-                batch = rows[begin:begin + size]
+            for prefix, group in shared:  # e.g. the choices of one multiple-choice question: the context runs once
+                for begin in range(0, len(group), size):
+                    batch = group[begin:begin + size]
+                    for (index, _, _), result in zip(batch, self._score_shared(prefix, batch)):
+                        out[index] = result
+            for begin in range(0, len(single), size):
+                batch = single[begin:begin + size]
                 for (index, _, _), result in zip(batch, self._score_batch(batch)):
                     out[index] = result
         finally:
             self.model.train(was_training)
         return out
+
+    def _score_shared(self, prefix: tuple[int, ...], batch) -> list[tuple[float, bool]]:
+        """Rows whose inputs share ``prefix``: the prefix once (batch 1, into the KV cache, no logits), then every
+        row's remaining inputs ``[b, n]`` against a copy of that cache (right-padded: under the causal mask a pad
+        after a row's tokens changes nothing before it). The same numbers as :meth:`_score_batch`, within rounding."""
+        import copy
+
+        n = max(len(cont) for _, _, cont in batch)
+        caches = self.model.new_caches(1, len(prefix) + n)
+        self.model(torch.tensor([prefix], device=self._device), caches=caches, num_logits=1)
+        index = torch.zeros(len(batch), dtype=torch.long, device=self._device)
+        rows = []
+        for cache in caches:  # one copy of the prefix per row (the copies' buffers are new tensors)
+            row = copy.copy(cache)
+            row.self_attn = copy.copy(cache.self_attn)
+            row.self_attn.reorder(index)
+            rows.append(row)
+        inputs = torch.zeros(len(batch), n, dtype=torch.long)
+        targets = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
+        for r, (_, ids, cont) in enumerate(batch):
+            inputs[r, :len(cont)] = torch.tensor(ids[len(prefix):])
+            targets[r, :len(cont)] = torch.tensor(cont)
+        return self._score(inputs.to(self._device), targets.to(self._device), batch, caches=rows)
 
     def _score_batch(self, batch) -> list[tuple[float, bool]]:
         T = len(batch[0][1])
@@ -148,8 +181,11 @@ class ToolkitLM(TemplateLM):
         for row, (_, ids, cont) in enumerate(batch):
             inputs[row, :len(ids)] = torch.tensor(ids)
             targets[row, len(ids) - len(cont):len(ids)] = torch.tensor(cont)  # right padding: no mask needed
-        inputs, targets = inputs.to(self._device), targets.to(self._device)
-        logits = self.model(inputs, targets, logits_for_targets=True).logits  # [n, V], row-major
+        return self._score(inputs.to(self._device), targets.to(self._device), batch)
+
+    def _score(self, inputs: Tensor, targets: Tensor, batch, caches=None) -> list[tuple[float, bool]]:
+        """Summed log-probabilities of the targets (``-100`` elsewhere) per row, and whether all are the argmax."""
+        logits = self.model(inputs, targets, caches=caches, logits_for_targets=True).logits  # [n, V], row-major
         scored = targets[targets != IGNORE_INDEX]
         logprobs = F.log_softmax(logits.float(), dim=-1)
         token_lp = logprobs.gather(-1, scored[:, None]).squeeze(-1)  # [n]

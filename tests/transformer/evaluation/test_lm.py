@@ -124,3 +124,28 @@ def test_rope_scaling_lets_longer_contexts_run(trained):
     long = "the quick brown fox jumps over the lazy dog. " * 6
     [(logprob, _)] = lm.loglikelihood(_requests("loglikelihood", [(long, " the")]))
     assert torch.isfinite(torch.tensor(logprob))
+
+
+@pytest.mark.parametrize("attention", [
+    {"type": "gqa", "num_kv_heads": 2}, {"type": "mla", "kv_lora_rank": 16, "rope_head_dim": 8},
+    {"type": "mha", "sliding_window": 8}, {"type": "linear", "positional": "none"}, {"type": "differential"}, {"type": "mha", "positional": "alibi"}])
+def test_shared_context_scoring_equals_one_pass_per_request(attention):
+    """Choices that share a context run it once through the KV cache: the same scores as one pass per request."""
+    from transformer.config import ModelConfig
+    from transformer.data.tokenizer import CharTokenizer
+    from transformer.transformer_model import build_model
+
+    tok = CharTokenizer.train(["the quick brown fox jumps over the lazy dog. 0123456789"])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, embed_dim=32, num_heads=4, num_layers=2, max_seq_len=64,
+                                    attention={"positional": "rope", **attention})).eval()
+    lm = ToolkitLM(model, tok, batch_size=3)
+    context = "the quick brown fox jumps over the lazy dog. the quick"
+    reqs = _requests("loglikelihood", [(context, c) for c in (" brown", " dog", " fox jumps", " 0123")] + [("the", " lazy")])
+    shared = lm.loglikelihood(reqs)
+    rows = [(None, ids[:-1], ids[len(ids) - len(cont):]) for ids, cont in
+            ((lm.tok_encode(c + x), lm.tok_encode(c + x)[len(lm.tok_encode(c)):]) for c, x in (r.args for r in reqs))]
+    with torch.no_grad():
+        alone = [lm._score_batch([row])[0] for row in rows]
+    assert [s for s, _ in shared] == pytest.approx([s for s, _ in alone], abs=1e-4)
+    assert [g for _, g in shared] == [g for _, g in alone]
