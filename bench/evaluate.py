@@ -7,7 +7,8 @@ One random ``LlamaForCausalLM`` (GQA, RoPE, RMSNorm, SwiGLU) is saved with ``sav
 BPE tokenizer trained on Tiny Shakespeare; both backends load that same directory (the toolkit through its
 Hugging Face import). The requests are the built-in probes' (passkey, associative recall, copying at
 ``--length`` tokens; 4 choices per document): every (context, choice) pair is one ``loglikelihood`` request, as
-lm-eval issues them. Each round times both backends on the same requests (interleaved: ours, theirs, ours, ...;
+lm-eval issues them (``--distinct``: only the first choice of each document, so no two requests share a context
+and the toolkit cannot run a context once for several choices). Each round times both backends on the same requests (interleaved: ours, theirs, ours, ...;
 batch size 16 for both, fp32, ``torch.inference_mode``) and the table gives the median tokens/s (context +
 continuation tokens per second) and the ratio. The scores must agree (max |difference| printed) — a faster
 backend that computed something else would not count.
@@ -49,13 +50,13 @@ def build_model_dir(out: Path, *, layers: int, width: int, vocab: int, length: i
     return out
 
 
-def requests(tokenizer, *, docs: int, length: int):
+def requests(tokenizer, *, docs: int, length: int, distinct: bool = False):
     from lm_eval.api.instance import Instance
 
     from transformer.evaluation.probes import PROBES, probe_tasks
 
     pairs = [(d["context"], c) for task in probe_tasks([(p, length) for p in PROBES], tokenizer, docs=docs, seed=0)
-             for d in task.docs for c in d["choices"]]
+             for d in task.docs for c in (d["choices"][:1] if distinct else d["choices"])]
     return [Instance(request_type="loglikelihood", doc={}, arguments=p, idx=i) for i, p in enumerate(pairs)]
 
 
@@ -68,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vocab", type=int, default=8192)
     parser.add_argument("--length", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--distinct", action="store_true",
+                        help="one choice per document: no two requests share a context (no context reuse)")
     parser.add_argument("--text", default=str(ROOT.parent / "shared" / "data" / "tinyshakespeare.txt"))
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -81,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                                     text=text)
         ours = ToolkitLM.from_source(model_dir, batch_size=args.batch_size)
         theirs = HFLM(pretrained=str(model_dir), batch_size=args.batch_size, device="cpu", dtype="float32")
-        reqs = requests(ours.tokenizer, docs=args.docs, length=args.length)
+        reqs = requests(ours.tokenizer, docs=args.docs, length=args.length, distinct=args.distinct)
         tokens = sum(len(ours.tok_encode(c + x)) for c, x in (r.args for r in reqs))
         times = {"toolkit": [], "lm-eval hf": []}
         scores = {}
