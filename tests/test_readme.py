@@ -111,7 +111,8 @@ def _stand_ins(checkout: Path) -> None:
 def _expand(words: list[str]) -> list[str]:
     out = []
     for word in words:
-        if "*" in word and " " not in word and "=" not in word:  # an unquoted glob (the README's use only *)
+        override = re.match(r"^[\w.]+=", word)  # key=value: the config override, not a path
+        if "*" in word and " " not in word and not override:  # an unquoted glob (the README's use only *)
             matches = sorted(glob.glob(word))
             assert len(matches) == 1, f"the README's {word!r} matches {matches} on a fresh clone"
             out += matches
