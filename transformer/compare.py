@@ -40,6 +40,7 @@ import torch
 import yaml
 
 from .training.config import flat_dict
+from .training.run_dir import best_or_last_checkpoint
 
 IGNORED_PREFIXES = ("name", "out_dir", "logger.", "resume_", "init_", "sample.", "trainer.progress_bar", "data.cache_dir",
                     "data.num_workers", "data.num_proc", "trainer.log_every_n_steps")
@@ -108,14 +109,6 @@ def load_run(path: Path) -> Run:
     except ValueError:
         raise ValueError(f"{path / 'result.json'} is not valid JSON; leave that run out of the comparison") from None
     return Run(path, config, flat_dict(config), history, result)
-
-
-def _best_checkpoint(path: Path) -> Path | None:
-    """The run's best top-k checkpoint, else its ``last.ckpt``, else None."""
-    from .training.run_dir import best_checkpoint
-
-    last = path / "checkpoints" / "last.ckpt"
-    return best_checkpoint(path) or (last if last.is_file() else None)
 
 
 NOISY_SPREAD = 0.25  # (max - min) / median of a run's decode rounds above this: the figure is flagged as noisy
@@ -232,7 +225,7 @@ def order_runs(runs: list[Run]) -> list[Run]:
 def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: int = 5, caches: list[str] | None = None) -> None:
     """One table row per run. ``caches``: KV cache kinds to compare besides the contiguous one (bytes per
     token, validation perplexity through the cache and its change, decode tokens/s)."""
-    checkpoints = [_best_checkpoint(run.path) for run in runs]
+    checkpoints = [best_or_last_checkpoint(run.path) for run in runs]
     speeds = decode_speeds(checkpoints, rounds=decode_rounds) if measure_decode else [None] * len(runs)
     extra_kinds = [k for k in dict.fromkeys(caches or []) if k != "contiguous"]
     kind_speeds = {k: decode_speeds(checkpoints, rounds=decode_rounds, cache=k) if measure_decode else [None] * len(runs)

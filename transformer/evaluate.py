@@ -29,10 +29,10 @@ from .errors import guarded
 
 def resolve_source(source: Path) -> tuple[Path, Path | None]:
     """(model file or directory to load, the run directory it belongs to or None)."""
-    from .compare import _best_checkpoint
+    from .training.run_dir import best_or_last_checkpoint
 
     if source.is_dir() and (source / "config.yaml").is_file() and (source / "checkpoints").is_dir():
-        ckpt = _best_checkpoint(source)
+        ckpt = best_or_last_checkpoint(source)
         if ckpt is None:
             raise FileNotFoundError(f"run directory {source} holds no checkpoint (checkpoints/step*.ckpt or last.ckpt)")
         return ckpt, source
@@ -69,16 +69,19 @@ def validation_tokens_for(model_path: Path, text: str | None, tokenizer):
             raise FileNotFoundError(f"--text {text} does not exist")
         return np.asarray(tokenizer.encode(path.read_text(encoding="utf-8")), dtype=np.int64)
 
+    if text is not None:
+        return from_text
+    cfg = run_config_of(model_path)
+    if cfg is None:
+        return None
+
     def from_run():
         from .data import LMDataModule
 
-        cfg = run_config_of(model_path)
         data = LMDataModule(cfg.data, seed=cfg.seed, cache_root=f"{cfg.out_dir}/.cache")
         return data.prepare().tokens("val")
 
-    if text is not None:
-        return from_text
-    return from_run if run_config_of(model_path) is not None else None
+    return from_run
 
 
 def _csv_ints(value: str, what: str) -> list[int]:

@@ -11,8 +11,9 @@ context / continuation split (:class:`~lm_eval.api.model.TemplateLM`), the same 
   stop strings appears in its text.
 
 A context longer than the model's ``max_seq_len`` is refused (lm-eval's ``hf`` backend cuts it silently from
-the left), unless the model has RoPE scaling configured (``model.attention.rope_scaling``): then it runs at
-the longer length, which is what the scaling is for.
+the left), unless the model has RoPE scaling configured (``model.attention.rope_scaling``): then scoring runs at
+the longer length, which is what the scaling is for. Generation always stays within ``max_seq_len`` (the new
+tokens are capped to the room left; a context that fills it is refused).
 
 Shape legend: b batch, T padded length, n scored positions, V vocabulary.
 """
@@ -95,7 +96,11 @@ class ToolkitLM(TemplateLM):
 
     @property
     def tokenizer_name(self) -> str:
-        return "toolkit-" + str(abs(hash(json.dumps(self.tokenizer.tokenizer_config(), sort_keys=True, default=str))))
+        """A stable fingerprint of the tokenizer (lm-eval keys its request caches by it)."""
+        import hashlib
+
+        config = json.dumps(self.tokenizer.tokenizer_config(), sort_keys=True, default=str)
+        return "toolkit-" + hashlib.sha256(config.encode()).hexdigest()[:16]
 
     # ------------------------------------------------------------------ checks
     def _check_length(self, tokens: int, what: str) -> None:
@@ -236,14 +241,11 @@ class ToolkitLM(TemplateLM):
         max_new = int(settings.get("max_gen_toks", 256))
         encoded = [self.tok_encode(c) or [self.prefix_token_id] for c in contexts]
         longest = max(map(len, encoded))
-        limit = context_limit(self.model.cfg)
-        for ids, context in zip(encoded, contexts):
-            self._check_length(len(ids), f"the context {context[:60]!r}")
-        if limit is not None:
-            max_new = min(max_new, limit - longest)
-            if max_new < 1:
-                raise ContextTooLong(f"the context {contexts[0][:60]!r} is {longest} tokens and fills the model's context "
-                                     f"(model.max_seq_len={limit}): nothing can be generated after it")
+        limit = self.max_length  # generation stays within max_seq_len, RoPE scaling or not (its cache is that long)
+        max_new = min(max_new, limit - longest)
+        if max_new < 1:
+            raise ContextTooLong(f"the context {contexts[0][:60]!r} is {longest} tokens and fills the model's context "
+                                 f"(model.max_seq_len={limit}): nothing can be generated after it; shorten the task's inputs")
         inputs = torch.zeros(len(encoded), longest, dtype=torch.long)
         mask = torch.zeros(len(encoded), longest, dtype=torch.long)
         for row, ids in enumerate(encoded):  # left padding: every row's next token is at the same position

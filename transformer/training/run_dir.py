@@ -160,6 +160,12 @@ def best_checkpoint(run_dir: Path) -> Path | None:
     return min((p for p in (Path(run_dir) / "checkpoints").glob("step*.ckpt")), key=score, default=None)
 
 
+def best_or_last_checkpoint(run_dir: Path) -> Path | None:
+    """The run's best top-k checkpoint, else its ``last.ckpt``, else None: the model a finished run stands for."""
+    last = Path(run_dir) / "checkpoints" / "last.ckpt"
+    return best_checkpoint(run_dir) or (last if last.is_file() else None)
+
+
 def outputs_summary(run_dir: Path) -> str:
     """One line naming what a finished run wrote: its checkpoints (best first) and its logs."""
     run_dir = Path(run_dir)

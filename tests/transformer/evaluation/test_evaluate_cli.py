@@ -138,3 +138,26 @@ def test_eval_callback_under_ddp_equals_one_process_on_the_same_weights(tmp_path
     assert logged["eval/copying_32/acc"] == pytest.approx(alone["copying_32"]["acc"], abs=1e-9)
     for key, value in alone["length_extrapolation"].items():
         assert logged[f"eval/length_extrapolation/{key}"] == pytest.approx(value, rel=1e-5), key
+
+
+def test_compare_report_shows_evaluation_columns_and_the_probe_frontier(tmp_path, toy_corpus):
+    from transformer.compare import report
+
+    runs = []
+    for name, kv in (("mha", 4), ("mqa", 1)):
+        cfg = load_config(None, tiny_overrides(toy_corpus, tmp_path / "exp", name=name, **{
+            "trainer.max_steps": 10, "trainer.val_check_interval": 10, "sample.max_new_tokens": 0, "model.max_seq_len": 64,
+            "data.block_size": 64, "model.attention.type": "mha" if kv == 4 else "mqa", "eval.tasks": "[copying_32]",
+            "eval.probe_docs": 8}))
+        runs.append(run(cfg).run_dir)
+    # a later `python -m transformer.evaluate` result takes precedence over what training logged
+    assert main([str(runs[1]), "--tasks", "copying_32,passkey_64", "--probe-docs", "12"]) == 0
+    cli = json.loads(next((runs[1] / "eval").glob("eval-*.json")).read_text())["results"]
+    out = report([str(tmp_path / "exp")], tmp_path / "report", measure_decode=False)
+    table = pd.read_csv(out / "report.csv").set_index("run")
+    logged = pd.read_csv(runs[0] / "csv" / "metrics.csv")["eval/copying_32/acc"].dropna().iloc[-1]
+    assert table.loc["mha", "copying_32/acc"] == pytest.approx(logged, abs=1e-4)
+    assert table.loc["mqa", "copying_32/acc"] == pytest.approx(cli["copying_32"]["acc"], abs=1e-4)
+    assert table.loc["mqa", "probe_acc"] == pytest.approx((cli["copying_32"]["acc"] + cli["passkey_64"]["acc"]) / 2, abs=1e-4)
+    assert pd.isna(table.loc["mha", "passkey_64/acc"])
+    assert (out / "kv_cache_vs_probe_acc.png").is_file() and "probe_acc" in (out / "report.md").read_text()
