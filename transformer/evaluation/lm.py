@@ -59,6 +59,9 @@ class ToolkitLM(TemplateLM):
         super().__init__()
         if batch_size < 1:
             raise ValueError(f"batch_size={batch_size} must be >= 1")
+        if getattr(model.cfg, "kind", "lm") != "lm":
+            raise ValueError(f"evaluation scores decoder-only language models (model.kind=lm); this model is "
+                             f"model.kind={model.cfg.kind}")
         self.model, self.tokenizer, self.batch_size = model, tokenizer, batch_size
         self.seed = seed
         self._rank, self._world_size = rank, world_size

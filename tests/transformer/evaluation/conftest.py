@@ -1,7 +1,11 @@
 """One tiny trained language model (byte-level BPE) with its run directory and Hugging Face export, shared by the
 evaluation tests: training it takes a few seconds."""
 
+import os
+
 import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # lm-eval's hf backend reads local directories only; never the hub
 
 from transformer.cli import run
 from transformer.export import export_checkpoint

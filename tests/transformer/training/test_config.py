@@ -18,7 +18,25 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_shipped_config_validates_and_names_its_command(path):
-    if "sweeps" in path.parts:  # a sweep file: every run it describes must validate
+    if "eval" in path.parts:  # an lm-eval task over a local file: lm-eval builds it, with every document
+        pytest.importorskip("lm_eval")
+        import os
+
+        from lm_eval.tasks import TaskManager
+
+        from transformer.evaluation.runner import check_data_files
+
+        manager = TaskManager(include_path=str(path.parent), include_defaults=False)
+        name = path.stem
+        cwd = os.getcwd()
+        os.chdir(path.parents[2])  # data_files are relative to the repository root, where the command runs
+        try:
+            check_data_files(manager, name)
+            task = manager.load([name])["tasks"][name]
+            assert len(list(task.test_docs())) > 0
+        finally:
+            os.chdir(cwd)
+    elif "sweeps" in path.parts:  # a sweep file: every run it describes must validate
         from transformer.sweep import plan_from_yaml
 
         plan = plan_from_yaml(path)
