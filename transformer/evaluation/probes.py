@@ -88,7 +88,8 @@ class _Text:
             return text
         kept = [c if self.spells(c) else c.lower() for c in text if c == " " or self.spells(c) or self.spells(c.lower())]
         result = re.sub(" +", " ", "".join(kept))
-        if not result.strip() or not self.spells(result):
+        lost_words = any(c.isalnum() for c in text) and not any(c.isalnum() for c in result)
+        if lost_words or (result.strip() and not self.spells(result)):  # punctuation alone may go: "." -> ""
             raise ValueError(f"probe {probe}: the tokenizer cannot spell {text[:60]!r} (nor a lower-case version of it) "
                              f"back exactly: its vocabulary lacks those characters")
         return result

@@ -127,6 +127,13 @@ class TrainingModule(L.LightningModule):
 
     # -------------------------------------------------------------------- model, optimiser
     def configure_model(self) -> None:
+        strategy = type(self._trainer.strategy).__name__ if self._trainer is not None else ""
+        if strategy == "FSDP2Strategy" and not getattr(self, "_sharded", False):  # trainer.strategy=fsdp2
+            from ..parallel.fsdp2 import shard_model
+
+            bf16 = str(self._trainer.precision).startswith("bf16")
+            shard_model(self.model, self.device_mesh["data_parallel"], mixed_precision="bf16" if bf16 else None)
+            self._sharded = True
         if self.compile_model and not getattr(self, "_compiled", False):
             self.model = torch.compile(self.model)
             self._compiled = True

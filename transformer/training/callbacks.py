@@ -97,7 +97,8 @@ class StopWhenNotImproving(EarlyStopping):
 
 class TextSampleCallback(L.Callback):
     """Generate from ``prompt`` every ``every_n_steps`` (0: only at the end of training) on rank 0,
-    print it and log it as text where the logger can (W&B, TensorBoard)."""
+    print it and log it as text where the logger can (W&B, TensorBoard). Under a sharded strategy (FSDP,
+    FSDP2) every rank generates, since each forward gathers parameters from all of them; rank 0 prints."""
 
     def __init__(self, cfg: SampleConfig, tokenizer) -> None:
         self.cfg, self.tokenizer = cfg, tokenizer
@@ -105,6 +106,9 @@ class TextSampleCallback(L.Callback):
 
     @rank_zero_only
     def sample(self, pl_module: L.LightningModule) -> str:
+        return self.generate(pl_module)
+
+    def generate(self, pl_module: L.LightningModule) -> str:
         model = pl_module.model
         model = getattr(model, "_orig_mod", model)  # generate eagerly even when training compiled
         prompt_ids = self.tokenizer.encode(self.cfg.prompt) or [self.tokenizer.eos_id]
@@ -130,8 +134,9 @@ class TextSampleCallback(L.Callback):
     def _emit(self, trainer, pl_module, title: str) -> None:
         if self.cfg.max_new_tokens == 0:  # samples switched off
             return
-        text = self.sample(pl_module)
-        if text is None:  # not rank 0
+        sharded = type(trainer.strategy).__name__ in ("FSDPStrategy", "FSDP2Strategy")
+        text = self.generate(pl_module) if sharded else self.sample(pl_module)  # the same tokens on every rank
+        if text is None or not trainer.is_global_zero:  # not rank 0
             return
         print(f"\n----- {title} -----\n{text}\n" + "-" * (12 + len(title)))
         for logger in trainer.loggers:

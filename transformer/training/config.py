@@ -22,7 +22,7 @@ from ..data.config import DataConfig
 from ..validation import choice, in_range, positive_fields
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "deepspeed")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "fsdp2", "deepspeed")
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -76,7 +76,9 @@ class TrainerConfig:
     """Devices per node: a count, a list of indices, or ``auto``."""
     num_nodes: int = 1
     strategy: str = "auto"
-    """``auto``, ``ddp``, ``fsdp`` (shards each transformer block), ``ddp_spawn``, ``deepspeed``."""
+    """``auto``, ``ddp``, ``fsdp`` (shards each transformer block), ``fsdp2`` (``fully_shard`` per transformer block
+    through Lightning's ``ModelParallelStrategy``; bf16 compute with fp32 gradient reduction under ``bf16-mixed``),
+    ``ddp_spawn``, ``deepspeed``."""
     precision: str = "32-true"
     """``32-true``, ``16-mixed``, ``bf16-mixed`` or ``bf16-true``."""
     max_steps: int = 500

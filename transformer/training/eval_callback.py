@@ -47,7 +47,7 @@ class EvalCallback(L.Callback):
 
     def on_fit_start(self, trainer, pl_module) -> None:
         strategy = type(trainer.strategy).__name__
-        if "FSDP" in strategy or "ModelParallel" in strategy:
+        if "FSDP" in strategy:
             raise ValueError(f"eval.tasks during training needs the whole model on each process; trainer.strategy runs "
                              f"{strategy}: evaluate the checkpoints afterwards with python -m transformer.evaluate")
         if self.plan.extrapolation and not hasattr(getattr(trainer.datamodule, "corpus", None), "tokens"):

@@ -14,7 +14,7 @@ from .callbacks import SaveOnInterrupt, StopWhenNotImproving
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .checkpoint_io import atomic_save, atomic_write_text, read_checkpoint
-from .config import RunConfig
+from .config import RunConfig, parse_devices
 from .progress import ProgressReporter, progress_interval
 
 
@@ -134,6 +134,18 @@ def _wandb_id(run_dir: Path) -> str:
 
 
 def build_strategy(cfg: RunConfig):
+    if cfg.trainer.strategy == "fsdp2":  # the module shards itself in configure_model (transformer.parallel.fsdp2)
+        from lightning.pytorch.strategies import ModelParallelStrategy
+
+        class FSDP2Strategy(ModelParallelStrategy):
+            """Lightning's strategy for ``fully_shard`` models, reading checkpoints as every other strategy here
+            does: they hold the run's RNG state (numpy arrays), which torch's ``weights_only`` loader refuses."""
+
+            def load_checkpoint(self, checkpoint_path, weights_only=None):
+                return super().load_checkpoint(checkpoint_path, weights_only=False)
+
+        # every process is one data-parallel shard; checkpoints are gathered into one file (the usual format)
+        return FSDP2Strategy(data_parallel_size=_world_size(cfg), tensor_parallel_size=1, save_distributed_checkpoint=False)
     if cfg.trainer.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
@@ -141,6 +153,15 @@ def build_strategy(cfg: RunConfig):
         return FSDPStrategy(auto_wrap_policy={TransformerBlock}, activation_checkpointing_policy=
                             {TransformerBlock} if getattr(cfg.model, "gradient_checkpointing", False) else None)
     return cfg.trainer.strategy
+
+
+def _world_size(cfg: RunConfig) -> int:
+    """Processes of the run: devices per node (``auto``: every GPU, else 1) x nodes."""
+    devices = parse_devices(cfg.trainer.devices)
+    if devices in ("auto", -1, "-1"):
+        devices = torch.cuda.device_count() if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else 1
+    count = len(devices) if isinstance(devices, (list, tuple)) else int(devices)
+    return count * cfg.trainer.num_nodes
 
 
 def build_trainer(cfg: RunConfig, run_dir: Path, *, callbacks: list | tuple = (), monitor: str = "val/loss",

@@ -11,7 +11,7 @@ from transformer.cli import run
 from transformer.export import export_checkpoint
 from transformer.training.config import load_config
 
-from ..training.conftest import PATTERN, tiny_overrides, toy_corpus  # noqa: F401  (a fixture)
+from ..training.conftest import PATTERN, tiny_overrides
 
 
 @pytest.fixture(scope="module")

@@ -164,3 +164,15 @@ def test_learned_positions_do_not_extrapolate():
 def test_extrapolation_needs_enough_tokens():
     with pytest.raises(ValueError, match=r"at least 65 validation tokens .*the split has 40"):
         length_extrapolation(_model(), np.arange(40) % 50, factors=(1, 2, 4))
+
+
+def test_probes_fit_a_vocabulary_without_punctuation_or_capitals():
+    """A character tokenizer trained on lower-case words alone (no '.', ':', ',' or capitals) still gets every probe,
+    in its own spelling."""
+    tok = CharTokenizer.train(["thou art the king of rome and all my lords shall speak to thee in love\n"])
+    tasks = probe_tasks([(p, 64) for p in PROBES], tok, docs=5, seed=0)
+    for task in tasks:
+        for doc in task.docs:
+            assert tok.decode(tok.encode(doc["context"])) == doc["context"]  # nothing it cannot spell
+            assert max(len(tok.encode(doc["context"] + c)) for c in doc["choices"]) <= 64
+    assert tasks[0].docs[0]["context"].startswith("the pass key is ")

@@ -1,14 +1,5 @@
-import pytest
-
 PATTERN = "the quick brown fox jumps over the lazy dog. " * 3 + "\n"
-
-
-@pytest.fixture
-def toy_corpus(tmp_path):
-    """A small learnable text file (a repeated sentence): loss must fall fast on it."""
-    path = tmp_path / "toy.txt"
-    path.write_text(PATTERN * 120)
-    return path
+"""The toy corpus's line (the ``toy_corpus`` fixture, tests/transformer/conftest.py, writes it 120 times)."""
 
 
 def tiny_overrides(corpus, out_dir, **extra):
