@@ -10,8 +10,8 @@ from __future__ import annotations
 
 def require_lm_eval() -> None:
     """A one-line error naming the extra when lm-eval-harness is not installed."""
-    try:
-        import lm_eval  # noqa: F401
-    except ImportError:
+    import importlib.util
+
+    if importlib.util.find_spec("lm_eval") is None:
         raise ImportError("evaluating tasks needs lm-eval-harness: pip install 'transformer-toolkit[eval]' "
-                          "(or pip install lm-eval)") from None
+                          "(or pip install lm-eval)")

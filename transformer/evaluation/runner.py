@@ -19,7 +19,6 @@ import json
 import logging
 import math
 import os
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -197,20 +196,14 @@ def quiet_progress():
 
 @contextlib.contextmanager
 def preserved_rng():
-    """Python's, numpy's and torch's global random states, restored afterwards."""
-    import numpy as np
-    import torch
+    """Python's, numpy's and torch's global random states (those a checkpoint saves), restored afterwards."""
+    from ..training.checkpoint_io import rng_state, set_rng_state
 
-    state = random.getstate(), np.random.get_state(), torch.get_rng_state()
-    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+    state = rng_state()
     try:
         yield
     finally:
-        random.setstate(state[0])
-        np.random.set_state(state[1])
-        torch.set_rng_state(state[2])
-        if cuda is not None:
-            torch.cuda.set_rng_state_all(cuda)
+        set_rng_state(state)
 
 
 def clean_metrics(values: dict) -> dict[str, float]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.strategies import ModelParallelStrategy
 
 from ..layers import TransformerBlock
 from .callbacks import SaveOnInterrupt, StopWhenNotImproving
@@ -133,18 +134,18 @@ def _wandb_id(run_dir: Path) -> str:
     return run_id
 
 
+class FSDP2Strategy(ModelParallelStrategy):
+    """``trainer.strategy=fsdp2``: Lightning's strategy for models that shard themselves (``TrainingModule.
+    configure_model`` calls :func:`transformer.parallel.fsdp2.shard_model`), every process one data-parallel
+    shard, checkpoints gathered into one file (the usual format) and read as every other strategy here reads them:
+    they hold the run's RNG state (numpy arrays), which torch's ``weights_only`` loader refuses."""
+
+    def load_checkpoint(self, checkpoint_path, weights_only=None):
+        return super().load_checkpoint(checkpoint_path, weights_only=False)
+
+
 def build_strategy(cfg: RunConfig):
-    if cfg.trainer.strategy == "fsdp2":  # the module shards itself in configure_model (transformer.parallel.fsdp2)
-        from lightning.pytorch.strategies import ModelParallelStrategy
-
-        class FSDP2Strategy(ModelParallelStrategy):
-            """Lightning's strategy for ``fully_shard`` models, reading checkpoints as every other strategy here
-            does: they hold the run's RNG state (numpy arrays), which torch's ``weights_only`` loader refuses."""
-
-            def load_checkpoint(self, checkpoint_path, weights_only=None):
-                return super().load_checkpoint(checkpoint_path, weights_only=False)
-
-        # every process is one data-parallel shard; checkpoints are gathered into one file (the usual format)
+    if cfg.trainer.strategy == "fsdp2":
         return FSDP2Strategy(data_parallel_size=_world_size(cfg), tensor_parallel_size=1, save_distributed_checkpoint=False)
     if cfg.trainer.strategy == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
