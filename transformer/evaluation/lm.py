@@ -7,6 +7,8 @@ context / continuation split (:class:`~lm_eval.api.model.TemplateLM`), the same 
 * requests are sorted longest first and **right-padded** into batches: under a causal mask a pad after a
   row's last token changes nothing before it, so no attention mask is needed (the fused causal kernel runs);
 * the LM head runs only at the positions that are scored (``logits_for_targets``), not over the whole batch;
+* requests whose inputs share a prefix — the choices of one question, or questions after one few-shot preamble —
+  run it once into the KV cache and score their remainders against copies of it (:func:`shared_prefix_groups`);
 * ``generate_until`` decodes with the KV cache, left-padded batches, and stops a row as soon as one of its
   stop strings appears in its text.
 
@@ -32,6 +34,47 @@ from torch import Tensor, nn
 
 from ..transformer_model import IGNORE_INDEX
 from ..generation import generate
+
+
+MIN_SHARED = 16
+"""Shortest common prefix (tokens) of rows with different contexts worth a forward of its own."""
+
+
+def shared_prefix_groups(rows) -> tuple[list[tuple[list[int], list]], list]:
+    """Split ``rows`` ``(index, input ids, continuation)`` into groups whose inputs share a prefix that ends before
+    every member's first scored position, and the rows that share nothing worth running once.
+
+    First the rows with the same input before their scored positions (the choices of one question: the whole
+    context is shared); then, among the others, neighbours in token order with a long common prefix (requests after
+    one few-shot preamble or system prompt): at least ``MIN_SHARED`` tokens and half of each member's own input."""
+    exact: dict[tuple[int, ...], list] = defaultdict(list)
+    for row in rows:
+        exact[tuple(row[1][:len(row[1]) - len(row[2])])].append(row)
+    groups = [(list(prefix), group) for prefix, group in exact.items() if len(group) > 1 and prefix]
+    rest = sorted((r for prefix, g in exact.items() if not (len(g) > 1 and prefix) for r in g), key=lambda r: r[1])
+    single, current, limit = [], [], 0
+
+    def close():
+        if len(current) > 1:
+            groups.append((current[0][1][:limit], list(current)))
+        else:
+            single.extend(current)
+
+    for row in rest:  # sorted by tokens: a run of rows with a common prefix is contiguous
+        own = len(row[1]) - len(row[2])  # inputs before this row's first scored position
+        if current:
+            first = current[0][1]
+            common = next((i for i, (a, b) in enumerate(zip(first, row[1])) if a != b), min(len(first), len(row[1])))
+            joined = min(limit, common, own)
+            if joined >= MIN_SHARED and 2 * joined >= max(len(r[1]) for r in current + [row]):
+                current.append(row)
+                limit = joined
+                continue
+            close()
+        current, limit = [row], own
+    if current:
+        close()
+    return groups, single
 
 
 class ContextTooLong(ValueError):
@@ -137,16 +180,12 @@ class ToolkitLM(TemplateLM):
             rows.append((index, whole[:-1], whole[len(whole) - len(continuation):]))
         out: list[tuple[float, bool] | None] = [None] * len(rows)
         size = override_bs or self.batch_size
-        groups: dict[tuple[int, ...], list] = defaultdict(list)  # rows by the input before their first scored position
-        for row in rows:
-            groups[tuple(row[1][:len(row[1]) - len(row[2])])].append(row)
-        shared = [(prefix, group) for prefix, group in groups.items() if len(group) > 1 and prefix]
-        single = sorted((r for prefix, group in groups.items() if not (len(group) > 1 and prefix) for r in group),
-                        key=lambda r: -len(r[1]))  # longest first: the first batch shows an out-of-memory at once
+        shared, single = shared_prefix_groups(rows)
+        single.sort(key=lambda r: -len(r[1]))  # longest first: the first batch shows an out-of-memory at once
         was_training = self.model.training
         self.model.eval()
         try:
-            for prefix, group in shared:  # e.g. the choices of one multiple-choice question: the context runs once
+            for prefix, group in shared:  # e.g. the choices of one question, or tasks with one preamble: it runs once
                 for begin in range(0, len(group), size):
                     batch = group[begin:begin + size]
                     for (index, _, _), result in zip(batch, self._score_shared(prefix, batch)):
@@ -165,7 +204,7 @@ class ToolkitLM(TemplateLM):
         after a row's tokens changes nothing before it). The same numbers as :meth:`_score_batch`, within rounding."""
         import copy
 
-        n = max(len(cont) for _, _, cont in batch)
+        n = max(len(ids) - len(prefix) for _, ids, _ in batch)  # the longest remainder after the prefix
         caches = self.model.new_caches(1, len(prefix) + n)
         self.model(torch.tensor([prefix], device=self._device), caches=caches, num_logits=1)
         index = torch.zeros(len(batch), dtype=torch.long, device=self._device)
@@ -178,8 +217,9 @@ class ToolkitLM(TemplateLM):
         inputs = torch.zeros(len(batch), n, dtype=torch.long)
         targets = torch.full((len(batch), n), IGNORE_INDEX, dtype=torch.long)
         for r, (_, ids, cont) in enumerate(batch):
-            inputs[r, :len(cont)] = torch.tensor(ids[len(prefix):])
-            targets[r, :len(cont)] = torch.tensor(cont)
+            rest = ids[len(prefix):]  # the scored positions are its last len(cont)
+            inputs[r, :len(rest)] = torch.tensor(rest)
+            targets[r, len(rest) - len(cont):len(rest)] = torch.tensor(cont)
         return self._score(inputs.to(self._device), targets.to(self._device), batch, caches=rows)
 
     def _score_batch(self, batch) -> list[tuple[float, bool]]:

@@ -149,3 +149,31 @@ def test_shared_context_scoring_equals_one_pass_per_request(attention):
         alone = [lm._score_batch([row])[0] for row in rows]
     assert [s for s, _ in shared] == pytest.approx([s for s, _ in alone], abs=1e-4)
     assert [g for _, g in shared] == [g for _, g in alone]
+
+
+def test_requests_after_one_preamble_share_it_and_score_as_alone():
+    """Different questions after one long preamble (few-shot examples, a system prompt): the preamble runs once,
+    and every score is what one pass per request gives."""
+    from transformer.config import ModelConfig
+    from transformer.data.tokenizer import CharTokenizer
+    from transformer.evaluation.lm import shared_prefix_groups
+    from transformer.transformer_model import build_model
+
+    tok = CharTokenizer.train(["the quick brown fox jumps over the lazy dog. 0123456789?"])
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(vocab_size=tok.vocab_size, embed_dim=32, num_heads=4, num_layers=2, max_seq_len=128,
+                                    attention={"type": "gqa", "num_kv_heads": 2, "positional": "rope"})).eval()
+    lm = ToolkitLM(model, tok, batch_size=4)
+    preamble = "the quick brown fox jumps over the lazy dog. " * 1 + "the lazy dog jumps over the quick brown fox. "
+    pairs = [(preamble + q, a) for q, a in (("the fox?", " 1"), ("a dog?", " 22"), ("the quick fox jumps?", " 0"),
+                                              ("over?", " the lazy"), ("brown dog?", " 9"))] + [("zzz", " 1")]
+    reqs = _requests("loglikelihood", pairs)
+    rows = [(i, ids[:-1], ids[len(ids) - len(cont):]) for i, (ids, cont) in enumerate(
+        (lm.tok_encode(c + x), lm.tok_encode(c + x)[len(lm.tok_encode(c)):]) for c, x in (r.args for r in reqs))]
+    groups, single = shared_prefix_groups(rows)
+    assert len(groups) == 1 and len(groups[0][1]) == 5 and len(groups[0][0]) >= len(lm.tok_encode(preamble))
+    assert [r[0] for r in single] == [5]
+    shared = lm.loglikelihood(reqs)
+    with torch.no_grad():
+        alone = [lm._score_batch([row])[0] for row in rows]
+    assert [s for s, _ in shared] == pytest.approx([s for s, _ in alone], abs=1e-4)
