@@ -160,11 +160,9 @@ def make_passkey(tokenizer, length: int, n: int, seed: int) -> list[dict]:
         key = _random_word(rng, alphabet, 5, used)
         depth = DEPTHS[i % len(DEPTHS)]
         choices, gold = _shuffle_choices(rng, " " + key, [" " + _random_word(rng, alphabet, 5, used) for _ in range(CHOICES - 1)])
-        k = repeats
-        context, _ = build(k, depth, key, intro)
-        while k > 1 and _longest(text, context, choices) > length:  # this key tokenises longer: one sentence less
-            k -= 1
-            context, _ = build(k, depth, key, intro)
+        # this key may tokenise longer than the measured one: one filler sentence less until it fits
+        context, _, _, k = _fitted(lambda k: (build(k, depth, key, intro)[0], choices, None), repeats, text, length,
+                                   "passkey", 1)
         docs.append({"context": context, "choices": choices, "gold": gold, "depth": depth, "filler_sentences": k - 1})
     return docs
 

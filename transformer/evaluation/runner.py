@@ -146,26 +146,41 @@ def usable_probes(plan: TaskPlan, tokenizer, *, docs: int, seed: int):
     return tasks
 
 
-def run_lm_eval(lm, plan: TaskPlan, *, probe_docs: int, seed: int, work_dir: Path, limit: int | float | None = None,
-                bootstrap_iters: int = 1000) -> dict[str, dict[str, float]]:
-    """Probes and lm-eval tasks of ``plan`` through lm-eval's evaluator; ``{task: {metric: value}}`` on rank 0,
-    None on the other ranks of a distributed evaluation."""
-    if not plan.probes and not plan.lm_eval:
-        return {}
-    from lm_eval import evaluator
+@dataclass
+class PreparedTasks:
+    """What lm-eval needs to run a plan: its task names and a ``TaskManager`` indexing their YAMLs (the user's
+    include path, lm-eval's own where needed, and the generated probe files)."""
+
+    names: list[str]
+    manager: object
+
+
+def prepare_lm_eval(plan: TaskPlan, tokenizer, *, probe_docs: int, seed: int, work_dir: Path) -> PreparedTasks | None:
+    """Generate the plan's probe tasks into ``work_dir`` and index every task once (None: nothing for lm-eval).
+    The training callback prepares once and runs the same tasks at every evaluation."""
     from lm_eval.tasks import TaskManager
 
     names = list(plan.lm_eval)
     include = [plan.include_path] if plan.include_path else []
-    tasks = usable_probes(plan, lm.tokenizer, docs=probe_docs, seed=seed)
+    tasks = usable_probes(plan, tokenizer, docs=probe_docs, seed=seed)
     if tasks:
         include.append(str(write_tasks(tasks, work_dir)))
         names += [t.name for t in tasks]
     if not names:
-        return {}
+        return None
     logging.getLogger("lm_eval").setLevel(logging.ERROR)
-    manager = TaskManager(include_path=include or None, include_defaults=plan.builtin_tasks)
-    loaded = manager.load(names)
+    return PreparedTasks(names, TaskManager(include_path=include or None, include_defaults=plan.builtin_tasks))
+
+
+def run_prepared(lm, prepared: PreparedTasks | None, *, seed: int, limit: int | float | None = None,
+                 bootstrap_iters: int = 1000) -> dict[str, dict[str, float]] | None:
+    """Prepared tasks through lm-eval's evaluator; ``{task: {metric: value}}`` on rank 0, None on the other ranks
+    of a distributed evaluation."""
+    if prepared is None:
+        return {}
+    from lm_eval import evaluator
+
+    loaded = prepared.manager.load(prepared.names)
     for task in loaded["tasks"].values():  # as lm-eval's simple_evaluate: zero-shot unless the task says otherwise
         if task.get_config("num_fewshot") is None:
             task.set_config(key="num_fewshot", value=0)
@@ -176,6 +191,15 @@ def run_lm_eval(lm, plan: TaskPlan, *, probe_docs: int, seed: int, work_dir: Pat
     if out is None:  # not rank 0
         return None
     return {task: clean_metrics(values) for task, values in out["results"].items()}
+
+
+def run_lm_eval(lm, plan: TaskPlan, *, probe_docs: int, seed: int, work_dir: Path, limit: int | float | None = None,
+                bootstrap_iters: int = 1000) -> dict[str, dict[str, float]] | None:
+    """Probes and lm-eval tasks of ``plan``: :func:`prepare_lm_eval` then :func:`run_prepared`."""
+    if not plan.probes and not plan.lm_eval:
+        return {}
+    prepared = prepare_lm_eval(plan, lm.tokenizer, probe_docs=probe_docs, seed=seed, work_dir=work_dir)
+    return run_prepared(lm, prepared, seed=seed, limit=limit, bootstrap_iters=bootstrap_iters)
 
 
 @contextlib.contextmanager

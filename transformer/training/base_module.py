@@ -127,8 +127,9 @@ class TrainingModule(L.LightningModule):
 
     # -------------------------------------------------------------------- model, optimiser
     def configure_model(self) -> None:
-        strategy = type(self._trainer.strategy).__name__ if self._trainer is not None else ""
-        if strategy == "FSDP2Strategy" and not getattr(self, "_sharded", False):  # trainer.strategy=fsdp2
+        from .trainer import FSDP2Strategy
+
+        if isinstance(getattr(self._trainer, "strategy", None), FSDP2Strategy) and not getattr(self, "_sharded", False):
             from ..parallel.fsdp2 import shard_model
 
             bf16 = str(self._trainer.precision).startswith("bf16")

@@ -95,6 +95,12 @@ class StopWhenNotImproving(EarlyStopping):
                       flush=True)
 
 
+def shards_parameters(trainer) -> bool:
+    """The strategy splits parameters across ranks (``fsdp``, ``fsdp2``): every forward is collective, so work that
+    runs the model (samples, evaluation) must run on every rank or not at all."""
+    return type(trainer.strategy).__name__ in ("FSDPStrategy", "FSDP2Strategy")
+
+
 class TextSampleCallback(L.Callback):
     """Generate from ``prompt`` every ``every_n_steps`` (0: only at the end of training) on rank 0,
     print it and log it as text where the logger can (W&B, TensorBoard). Under a sharded strategy (FSDP,
@@ -134,8 +140,8 @@ class TextSampleCallback(L.Callback):
     def _emit(self, trainer, pl_module, title: str) -> None:
         if self.cfg.max_new_tokens == 0:  # samples switched off
             return
-        sharded = type(trainer.strategy).__name__ in ("FSDPStrategy", "FSDP2Strategy")
-        text = self.generate(pl_module) if sharded else self.sample(pl_module)  # the same tokens on every rank
+        # a sharded forward is collective: every rank generates (the same tokens), rank 0 prints
+        text = self.generate(pl_module) if shards_parameters(trainer) else self.sample(pl_module)
         if text is None or not trainer.is_global_zero:  # not rank 0
             return
         print(f"\n----- {title} -----\n{text}\n" + "-" * (12 + len(title)))

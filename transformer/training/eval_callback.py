@@ -44,16 +44,23 @@ class EvalCallback(L.Callback):
         self.last_results: dict | None = None
         self._done_at: int | None = None
         self._work: Path | None = None
+        self._prepared = None  # the probe files and the task index, made once for every evaluation
 
     def on_fit_start(self, trainer, pl_module) -> None:
-        strategy = type(trainer.strategy).__name__
-        if "FSDP" in strategy:
+        from ..evaluation.runner import prepare_lm_eval
+        from .callbacks import shards_parameters
+
+        if shards_parameters(trainer):
             raise ValueError(f"eval.tasks during training needs the whole model on each process; trainer.strategy runs "
-                             f"{strategy}: evaluate the checkpoints afterwards with python -m transformer.evaluate")
+                             f"{type(trainer.strategy).__name__}: evaluate the checkpoints afterwards with "
+                             f"python -m transformer.evaluate")
         if self.plan.extrapolation and not hasattr(getattr(trainer.datamodule, "corpus", None), "tokens"):
             raise ValueError("eval.tasks: length_extrapolation reads the validation text as one token stream; this run's "
                              "data (instruction / chat examples) has none: leave it out of eval.tasks")
         self._work = Path(tempfile.mkdtemp(prefix="tt-eval-"))  # this process's generated probe tasks
+        if self.plan.probes or self.plan.lm_eval:
+            self._prepared = prepare_lm_eval(self.plan, self.tokenizer, probe_docs=self.cfg.probe_docs, seed=self.cfg.seed,
+                                             work_dir=self._work)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         every = self.cfg.every_n_steps
@@ -74,14 +81,13 @@ class EvalCallback(L.Callback):
         from ..evaluation.extrapolation import extrapolation_sums, finish
         from ..evaluation.lm import ToolkitLM
         from ..evaluation.probes import EXTRAPOLATION
-        from ..evaluation.runner import run_lm_eval
+        from ..evaluation.runner import run_prepared
 
         model = pl_module.model
         model = getattr(model, "_orig_mod", model)  # eagerly, even when training compiled
         rank, world = trainer.global_rank, trainer.world_size
         lm = ToolkitLM(model, self.tokenizer, batch_size=self.cfg.batch_size, seed=self.cfg.seed, rank=rank, world_size=world)
-        results = run_lm_eval(lm, self.plan, probe_docs=self.cfg.probe_docs, seed=self.cfg.seed, work_dir=self._work,
-                              limit=self.cfg.limit)
+        results = run_prepared(lm, self._prepared, seed=self.cfg.seed, limit=self.cfg.limit)
         results = trainer.strategy.broadcast(results, src=0) or {}
         if self.plan.extrapolation:
             sums = extrapolation_sums(model, trainer.datamodule.corpus.tokens("val"), factors=tuple(self.cfg.factors),
