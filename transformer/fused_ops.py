@@ -110,8 +110,9 @@ class _SwiGLUMLPFunction(torch.autograd.Function):
 
 def is_plain_linear(*modules: nn.Module) -> bool:
     """Fused paths read ``weight`` directly; they may only run on plain ``nn.Linear`` s. An adapted module
-    (LoRA / DoRA / NF4, ``transformer.adapters``) is called instead, so its adapter is never bypassed."""
-    return all(type(m) is nn.Linear for m in modules)
+    (LoRA / DoRA / NF4, ``transformer.adapters``) is called instead, so its adapter is never bypassed, and so is
+    a hooked one (tensor parallelism redistributes its input and output in forward hooks)."""
+    return all(type(m) is nn.Linear and not m._forward_hooks and not m._forward_pre_hooks for m in modules)
 
 
 def swiglu_mlp(x: Tensor, w_in: nn.Module, w_out: nn.Module) -> Tensor:

@@ -49,6 +49,17 @@ class TokenWindows(Dataset):
         return x, y, positions, documents
 
 
+def data_parallel_rank_world(trainer) -> tuple[int, int]:
+    """``(rank, size)`` of this process among those that see different data: every process under DDP / FSDP,
+    one per tensor-parallel group under ``tp`` / ``fsdp2_tp`` (the ranks of a group share each batch)."""
+    if trainer is None:
+        return 0, 1
+    kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
+    if kwargs and "num_replicas" in kwargs:
+        return int(kwargs.get("rank", 0)), int(kwargs["num_replicas"])
+    return trainer.global_rank, trainer.world_size
+
+
 class RandomWindowSampler(Sampler[int]):
     """An endless, seeded stream of window starts that can start at any batch.
 
@@ -122,8 +133,7 @@ class LMDataModule(L.LightningDataModule):
         return trainer.global_step * trainer.accumulate_grad_batches if trainer is not None else 0
 
     def _rank_world(self) -> tuple[int, int]:
-        trainer = getattr(self, "trainer", None)
-        return (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        return data_parallel_rank_world(getattr(self, "trainer", None))
 
     def train_dataloader(self) -> DataLoader:
         rank, world = self._rank_world()

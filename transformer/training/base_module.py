@@ -127,19 +127,31 @@ class TrainingModule(L.LightningModule):
 
     # -------------------------------------------------------------------- model, optimiser
     def configure_model(self) -> None:
-        from .trainer import FSDP2Strategy
+        from .trainer import FSDP2Strategy, parallelize
 
-        if isinstance(getattr(self._trainer, "strategy", None), FSDP2Strategy) and not getattr(self, "_sharded", False):
-            from ..parallel.fsdp2 import shard_model
-
-            bf16 = str(self._trainer.precision).startswith("bf16")
-            shard_model(self.model, self.device_mesh["data_parallel"], mixed_precision="bf16" if bf16 else None)
+        strategy = getattr(self._trainer, "strategy", None)
+        if isinstance(strategy, FSDP2Strategy) and not getattr(self, "_sharded", False):
+            parallelize(self.model, self.device_mesh, strategy.kind, bf16=str(self._trainer.precision).startswith("bf16"))
             self._sharded = True
         if self.compile_model and not getattr(self, "_compiled", False):
             self.model = torch.compile(self.model)
             self._compiled = True
 
+    def configure_gradient_clipping(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
+        """Under tensor parallelism the gradients live on different meshes (and plain tensors), which torch's
+        fused clipping refuses: clip by the same total norm group by group (:mod:`transformer.parallel.clip`)."""
+        if gradient_clip_val and getattr(self, "_sharded", False) and gradient_clip_algorithm in (None, "norm"):
+            from ..parallel.clip import clip_grad_norm
+
+            clip_grad_norm(self.model.parameters(), gradient_clip_val)
+            return
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+
     def configure_optimizers(self):
         optimizer = build_optimizer(self.model, self.optim_cfg, str(self._trainer.precision) if self._trainer else "32-true")
+        if getattr(self, "_sharded", False):  # tensor-parallel rows: the optimizer's state dict in the usual layout
+            from ..parallel.tensor_parallel import register_optimizer_hooks
+
+            register_optimizer_hooks(optimizer, self.model)
         scheduler = build_scheduler(optimizer, self.optim_cfg, self.optim_cfg.decay_steps or self.max_steps)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -22,7 +22,8 @@ from ..data.config import DataConfig
 from ..validation import choice, in_range, positive_fields
 
 PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "bf16-true", "64-true")
-STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "fsdp2", "deepspeed")
+STRATEGIES = ("auto", "ddp", "ddp_spawn", "fsdp", "fsdp2", "tp", "fsdp2_tp", "deepspeed")
+MODEL_PARALLEL = ("fsdp2", "tp", "fsdp2_tp")  # through Lightning's ModelParallelStrategy (transformer/parallel)
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda", "mps", "tpu")
 SCHEDULES = ("cosine", "linear", "constant")
 
@@ -78,7 +79,12 @@ class TrainerConfig:
     strategy: str = "auto"
     """``auto``, ``ddp``, ``fsdp`` (shards each transformer block), ``fsdp2`` (``fully_shard`` per transformer block
     through Lightning's ``ModelParallelStrategy``; bf16 compute with fp32 gradient reduction under ``bf16-mixed``),
-    ``ddp_spawn``, ``deepspeed``."""
+    ``tp`` (tensor parallelism over every process: each holds a share of every block's heads and MLP units),
+    ``fsdp2_tp`` (``tensor_parallel_size`` processes per tensor-parallel group, FSDP2 across the groups),
+    ``ddp_spawn``, ``deepspeed``. See README "Scaling out"."""
+    tensor_parallel_size: int | None = None
+    """Processes per tensor-parallel group under ``fsdp2_tp`` (required; it must divide the number of processes,
+    and every layer's head counts and MLP width); under ``tp`` every process (``None``, or that number)."""
     precision: str = "32-true"
     """``32-true``, ``16-mixed``, ``bf16-mixed`` or ``bf16-true``."""
     max_steps: int = 500
@@ -115,6 +121,13 @@ class TrainerConfig:
         self.precision = str(self.precision)
         choice("trainer.precision", self.precision, PRECISIONS)
         choice("trainer.strategy", self.strategy, STRATEGIES)
+        positive_fields("trainer", self, ("tensor_parallel_size",), optional=True)
+        if self.strategy == "fsdp2_tp" and self.tensor_parallel_size is None:
+            raise ValueError("trainer.strategy=fsdp2_tp needs trainer.tensor_parallel_size (processes per "
+                             "tensor-parallel group, e.g. the GPUs of one node)")
+        if self.tensor_parallel_size is not None and self.strategy not in ("tp", "fsdp2_tp"):
+            raise ValueError(f"trainer.tensor_parallel_size={self.tensor_parallel_size} needs trainer.strategy=tp or "
+                             f"fsdp2_tp (got {self.strategy!r})")
         choice("trainer.accelerator", self.accelerator, ACCELERATORS)
         self.devices = parse_devices(self.devices)
         positive_fields("trainer", self, ("num_nodes", "max_steps", "val_check_interval", "log_every_n_steps", "accumulate_grad_batches"))

@@ -18,6 +18,7 @@ import torch
 from torchmetrics import SumMetric
 
 from ..config import ModelConfig
+from ..data.datamodule import data_parallel_rank_world
 from ..transformer_model import build_model
 from .base_module import NonFiniteError, TrainingModule
 from .config import OptimConfig
@@ -97,7 +98,7 @@ class LanguageModelModule(TrainingModule):
         elapsed, self._step_started = now - self._step_started, None
         if not self._logging_step:
             return
-        tokens = self.batch_tokens(batch) * accumulate * self.trainer.world_size
+        tokens = self.batch_tokens(batch) * accumulate * data_parallel_rank_world(self.trainer)[1]
         tokens_per_sec = tokens / max(elapsed, 1e-9)
         self.log("train/tokens_per_sec", tokens_per_sec, on_step=True, on_epoch=False, rank_zero_only=True)
         peak_memory = peak_bytes(self.device)
@@ -124,6 +125,8 @@ class LanguageModelModule(TrainingModule):
 
     def on_validation_epoch_end(self) -> None:
         total, count = self.val_loss_sum.compute(), self.val_tokens.compute()
+        replicas = self.trainer.world_size // data_parallel_rank_world(self.trainer)[1]
+        total, count = total / replicas, count / replicas  # the ranks of a tensor-parallel group summed one batch each
         self.val_loss_sum.reset()
         self.val_tokens.reset()
         loss = (total / count.clamp(min=1)).float()

@@ -28,8 +28,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, precision: str = "32-tru
     fused = cfg.fused
     if fused is None:  # torch's fused AdamW covers CPU and CUDA tensors
         fused = all(p.device.type in ("cpu", "cuda") for p in model.parameters()) and not amp_clips_gradients(cfg, precision)
+    # One fused (or foreach) kernel takes tensors of one kind: under tensor parallelism split DTensors sit beside
+    # replicated plain tensors (fsdp2_tp: DTensors on two meshes), so those runs step parameter by parameter.
+    uniform = len({getattr(p, "device_mesh", None) for p in model.parameters()}) <= 1
     return torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             eps=cfg.eps, fused=fused or None)
+                             eps=cfg.eps, fused=(fused and uniform) or None, foreach=None if uniform else False)
 
 
 def lr_factor(step: int, cfg: OptimConfig, max_steps: int) -> float:

@@ -19,6 +19,7 @@ import time
 
 import lightning as L
 
+from ..data.datamodule import data_parallel_rank_world
 from .run_status import clock
 
 # Metrics shown on a progress line, in this order, with how to print them; others are left to the loggers.
@@ -108,7 +109,7 @@ class ProgressReporter(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         counter = getattr(pl_module, "batch_tokens", None)
         if counter is not None:
-            self._window[2] += counter(batch) * trainer.world_size
+            self._window[2] += counter(batch) * data_parallel_rank_world(trainer)[1]
         if not trainer.is_global_zero or (batch_idx + 1) % trainer.accumulate_grad_batches:
             return
         now = time.perf_counter()

@@ -15,7 +15,7 @@ from .callbacks import SaveOnInterrupt, StopWhenNotImproving
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from .checkpoint_io import atomic_save, atomic_write_text, read_checkpoint
-from .config import RunConfig, parse_devices
+from .config import MODEL_PARALLEL, RunConfig, parse_devices
 from .progress import ProgressReporter, progress_interval
 
 
@@ -135,25 +135,50 @@ def _wandb_id(run_dir: Path) -> str:
 
 
 class FSDP2Strategy(ModelParallelStrategy):
-    """``trainer.strategy=fsdp2``: Lightning's strategy for models that shard themselves (``TrainingModule.
-    configure_model`` calls :func:`transformer.parallel.fsdp2.shard_model`), every process one data-parallel
-    shard, checkpoints gathered into one file (the usual format) and read as every other strategy here reads them:
-    they hold the run's RNG state (numpy arrays), which torch's ``weights_only`` loader refuses."""
+    """``trainer.strategy=fsdp2 | tp | fsdp2_tp``: Lightning's strategy for models that parallelise themselves
+    (``TrainingModule.configure_model`` calls :func:`parallelize` with this strategy's ``kind``) on its
+    ``data_parallel x tensor_parallel`` device mesh. Checkpoints are gathered into one file (the usual format,
+    rows in the usual layout) and read as every other strategy here reads them: they hold the run's RNG state
+    (numpy arrays), which torch's ``weights_only`` loader refuses."""
+
+    def __init__(self, kind: str = "fsdp2", **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.kind = kind
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         return super().load_checkpoint(checkpoint_path, weights_only=False)
 
 
+def parallelize(model, mesh, kind: str, *, bf16: bool = False) -> None:
+    """Split ``model`` in place for strategy ``kind`` over Lightning's ``(data_parallel, tensor_parallel)`` mesh:
+    tensor parallelism inside each tensor-parallel group first, then FSDP2 across the groups."""
+    from ..parallel.fsdp2 import shard_model
+    from ..parallel.tensor_parallel import apply_tensor_parallel
+
+    if kind in ("tp", "fsdp2_tp"):
+        apply_tensor_parallel(model, mesh["tensor_parallel"])
+    if kind in ("fsdp2", "fsdp2_tp"):
+        shard_model(model, mesh["data_parallel"], mixed_precision="bf16" if bf16 else None)
+
+
 def build_strategy(cfg: RunConfig):
-    if cfg.trainer.strategy == "fsdp2":
-        return FSDP2Strategy(data_parallel_size=_world_size(cfg), tensor_parallel_size=1, save_distributed_checkpoint=False)
-    if cfg.trainer.strategy == "fsdp":
+    kind = cfg.trainer.strategy
+    if kind in MODEL_PARALLEL:
+        world = _world_size(cfg)
+        tp = {"fsdp2": 1, "tp": cfg.trainer.tensor_parallel_size or world, "fsdp2_tp": cfg.trainer.tensor_parallel_size}[kind]
+        if world % tp or (kind == "tp" and tp != world):
+            raise ValueError(f"trainer.tensor_parallel_size={tp} must {'equal' if kind == 'tp' else 'divide'} the "
+                             f"number of processes ({world} = trainer.devices x trainer.num_nodes)"
+                             + ("; use trainer.strategy=fsdp2_tp to combine it with data parallelism" if kind == "tp" else ""))
+        return FSDP2Strategy(kind, data_parallel_size=world // tp, tensor_parallel_size=tp,
+                             save_distributed_checkpoint=False)
+    if kind == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 
         # Shard per transformer block: each block's parameters are gathered just for its forward/backward.
         return FSDPStrategy(auto_wrap_policy={TransformerBlock}, activation_checkpointing_policy=
                             {TransformerBlock} if getattr(cfg.model, "gradient_checkpointing", False) else None)
-    return cfg.trainer.strategy
+    return kind
 
 
 def _world_size(cfg: RunConfig) -> int:
