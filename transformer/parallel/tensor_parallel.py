@@ -107,13 +107,16 @@ def register_optimizer_hooks(optimizer: torch.optim.Optimizer, model: nn.Module)
 
     def convert(opt, state_dict, to_usual):
         orders = row_orders(model)
-        params = [p for group in opt.param_groups for p in group["params"]]
-        for index, param in enumerate(params):  # state_dict()'s state is keyed by the index in param_groups
-            if id(param) in orders and index in state_dict["state"]:
-                entries = state_dict["state"][index]
-                for key, value in entries.items():
-                    if isinstance(value, Tensor) and value.shape == param.shape:
-                        entries[key] = _relayout(value, orders[id(param)], to_usual=to_usual, like=param)
+        # state is keyed as the saved param_groups list their parameters (indices from state_dict(), FQNs from
+        # torch.distributed.checkpoint's loader), in the order of the optimizer's own groups
+        for group, saved in zip(opt.param_groups, state_dict["param_groups"]):
+            for param, key in zip(group["params"], saved["params"]):
+                if id(param) in orders and key in state_dict["state"]:
+                    # a new dict: state_dict()'s entries are the optimizer's live state, which keeps the rank layout
+                    state_dict["state"][key] = {
+                        name: _relayout(value, orders[id(param)], to_usual=to_usual, like=param)
+                        if isinstance(value, Tensor) and value.shape == param.shape else value
+                        for name, value in state_dict["state"][key].items()}
         return state_dict
 
     optimizer.register_state_dict_post_hook(lambda opt, sd: convert(opt, sd, True))

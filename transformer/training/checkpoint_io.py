@@ -72,6 +72,8 @@ def atomic_write_text(path: Path, text: str) -> None:
 def read_checkpoint(path, *, map_location="cpu") -> dict[str, Any]:
     """``torch.load`` with one-line errors for missing, empty, truncated, corrupt or foreign files."""
     path = Path(path)
+    if is_sharded_checkpoint(path):
+        return read_sharded_checkpoint(path)
     if path.is_dir():
         raise CheckpointError(f"{path} is a directory, not a checkpoint file (for an export or a Hugging Face "
                               f"directory use init_from, which accepts directories)")
@@ -101,6 +103,40 @@ def read_checkpoint(path, *, map_location="cpu") -> dict[str, Any]:
     return checkpoint
 
 
+SHARDED_META = "meta.pt"  # Lightning's file for the non-tensor part of a sharded checkpoint
+
+
+def is_sharded_checkpoint(path) -> bool:
+    """A ``torch.distributed.checkpoint`` directory (``checkpoint.sharded=true``): one shard file per rank."""
+    path = Path(path)
+    return path.is_dir() and (path / ".metadata").is_file()
+
+
+def read_sharded_checkpoint(path) -> dict[str, Any]:
+    """A sharded checkpoint as the dict a single-file one holds (weights gathered, in the usual layout; without
+    the optimizer state, which only a model-parallel resume reads, from the shards themselves). No process group
+    needed: this is how ``transformer.export`` / ``sample`` / ``evaluate`` consolidate one."""
+    from torch.distributed.checkpoint import FileSystemReader
+    from torch.distributed.checkpoint.default_planner import _EmptyStateDictLoadPlanner
+    from torch.distributed.checkpoint.state_dict_loader import _load_state_dict
+
+    path = Path(path)
+    if not (path / SHARDED_META).is_file():
+        raise CheckpointError(f"sharded checkpoint {path} has no {SHARDED_META} (its save did not finish); use an "
+                              f"earlier checkpoint")
+    try:
+        checkpoint = torch.load(path / SHARDED_META, map_location="cpu", weights_only=False)
+        tensors: dict[str, Any] = {}
+        _load_state_dict(tensors, storage_reader=FileSystemReader(path), no_dist=True,
+                         planner=_EmptyStateDictLoadPlanner(keys={K.STATE_DICT}))
+    except (RuntimeError, EOFError, pickle.UnpicklingError, ValueError, OSError, KeyError) as err:
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CheckpointError(f"sharded checkpoint {path} is corrupt or incomplete ({type(err).__name__}: "
+                              f"{detail[:160]})") from None
+    checkpoint[K.STATE_DICT] = tensors[K.STATE_DICT]
+    return checkpoint
+
+
 def rng_state() -> dict[str, Any]:
     state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
     if torch.cuda.is_available():
@@ -118,7 +154,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 def find_runs(out_dir: str | Path, name: str) -> list[Path]:
     """The ``<out_dir>/<name>-*`` run directories holding ``checkpoints/last.ckpt``, newest checkpoint first."""
-    candidates = [p for p in Path(out_dir).glob(f"{name}-*") if (p / "checkpoints" / "last.ckpt").is_file()]
+    candidates = [p for p in Path(out_dir).glob(f"{name}-*") if (p / "checkpoints" / "last.ckpt").exists()]
     return sorted(candidates, key=lambda p: (p / "checkpoints" / "last.ckpt").stat().st_mtime, reverse=True)
 
 

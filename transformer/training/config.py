@@ -163,6 +163,11 @@ class CheckpointConfig:
     save_top_k: int = 2
     """Keep the k best checkpoints by validation loss (and always ``last.ckpt``); 0: none, -1: all."""
     save_last: bool = True
+    sharded: bool = False
+    """Under ``trainer.strategy=fsdp2 | tp | fsdp2_tp``: each rank writes its own shards (``torch.distributed.
+    checkpoint``; every checkpoint a directory, no rank ever holds the whole model) instead of one gathered file.
+    Resumes onto any number of processes of these strategies; ``transformer.export`` / ``sample`` / ``evaluate``
+    read it directly (consolidating the weights)."""
 
     def __post_init__(self) -> None:
         in_range("checkpoint.save_top_k", self.save_top_k, -1)
@@ -272,6 +277,10 @@ class RunCommon:
         if self.resume_allow_data_change and not self.resume_from:
             raise ValueError("resume_allow_data_change=true only applies with resume_from")
         check_fused_optimizer(self.optim, self.trainer.precision)
+        checkpoint = getattr(self, "checkpoint", None)
+        if checkpoint is not None and checkpoint.sharded and self.trainer.strategy not in MODEL_PARALLEL:
+            raise ValueError(f"checkpoint.sharded=true needs trainer.strategy={' | '.join(MODEL_PARALLEL)} (got "
+                             f"{self.trainer.strategy!r}); other strategies write one gathered file")
 
 
 @dataclass

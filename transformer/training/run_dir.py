@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -144,7 +145,10 @@ def clean_leftovers(run_dir: Path, *, keep_checkpoints: set[str] | None = None) 
         return removed
     for path in directory.iterdir():
         orphan = keep_checkpoints is not None and CHECKPOINT_NAME.match(path.name) and path.name not in keep_checkpoints
-        if path.is_file() and (TMP_CHECKPOINT.match(path.name) or orphan):
+        if path.is_dir() and (TMP_CHECKPOINT.match(path.name) or orphan):  # a sharded save's directory
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path.name)
+        elif path.is_file() and (TMP_CHECKPOINT.match(path.name) or orphan):
             path.unlink(missing_ok=True)
             removed.append(path.name)
     return sorted(removed)
@@ -163,14 +167,14 @@ def best_checkpoint(run_dir: Path) -> Path | None:
 def best_or_last_checkpoint(run_dir: Path) -> Path | None:
     """The run's best top-k checkpoint, else its ``last.ckpt``, else None: the model a finished run stands for."""
     last = Path(run_dir) / "checkpoints" / "last.ckpt"
-    return best_checkpoint(run_dir) or (last if last.is_file() else None)
+    return best_checkpoint(run_dir) or (last if last.exists() else None)  # a file, or a sharded directory
 
 
 def outputs_summary(run_dir: Path) -> str:
     """One line naming what a finished run wrote: its checkpoints (best first) and its logs."""
     run_dir = Path(run_dir)
     best = best_checkpoint(run_dir)
-    saved = ([f"best {best.name}"] if best else []) + (["last.ckpt"] if (run_dir / "checkpoints" / "last.ckpt").is_file() else [])
+    saved = ([f"best {best.name}"] if best else []) + (["last.ckpt"] if (run_dir / "checkpoints" / "last.ckpt").exists() else [])
     logs = [name for name, path in (("csv/metrics.csv", "csv/metrics.csv"), ("tensorboard/", "tensorboard"),
                                     ("wandb/", "wandb")) if (run_dir / path).exists()]
     parts = ([f"checkpoints/ ({', '.join(saved)})"] if saved else []) + logs + ["config.yaml", "result.json"]

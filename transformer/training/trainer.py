@@ -14,7 +14,9 @@ from ..layers import TransformerBlock
 from .callbacks import SaveOnInterrupt, StopWhenNotImproving
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from .checkpoint_io import atomic_save, atomic_write_text, read_checkpoint
+import shutil
+
+from .checkpoint_io import CheckpointError, atomic_save, atomic_write_text, is_sharded_checkpoint, read_checkpoint
 from .config import MODEL_PARALLEL, RunConfig, parse_devices
 from .progress import ProgressReporter, progress_interval
 
@@ -27,6 +29,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_save(checkpoint, Path(path))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        if is_sharded_checkpoint(path):  # its optimizer state is in the shards, which only those strategies read
+            raise CheckpointError(f"{path} is a sharded checkpoint (checkpoint.sharded=true): resume it with "
+                                  f"trainer.strategy={' | '.join(MODEL_PARALLEL)}, or start from its weights with "
+                                  f"init_from={path}")
         return read_checkpoint(path, map_location=map_location or "cpu")
 
 
@@ -148,6 +154,26 @@ class FSDP2Strategy(ModelParallelStrategy):
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         return super().load_checkpoint(checkpoint_path, weights_only=False)
 
+    def save_checkpoint(self, checkpoint, filepath, storage_options=None) -> None:
+        """Sharded (``checkpoint.sharded``): every rank writes its shards into ``.<name>.tmp-<pid>``, then rank 0
+        puts the finished directory in place, so a crash mid-save never leaves a half-written ``<name>`` (the
+        temporary directory is removed with the run's other leftovers). Gathered: one atomic file as usual."""
+        if not self._save_distributed_checkpoint:
+            return super().save_checkpoint(checkpoint, filepath, storage_options)
+        path = Path(self.broadcast(str(filepath)))
+        partial = path.with_name(f".{path.name}.tmp-{self.broadcast(os.getpid())}")
+        super().save_checkpoint(checkpoint, partial, storage_options)
+        self.barrier("sharded checkpoint written")
+        if self.global_rank == 0:
+            old = path.with_name(f".{path.name}.old.tmp-{os.getpid()}")
+            if path.exists():
+                path.rename(old)
+            partial.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+            if old.is_file():
+                old.unlink()
+        self.barrier("sharded checkpoint in place")
+
 
 def parallelize(model, mesh, kind: str, *, bf16: bool = False) -> None:
     """Split ``model`` in place for strategy ``kind`` over Lightning's ``(data_parallel, tensor_parallel)`` mesh:
@@ -171,7 +197,7 @@ def build_strategy(cfg: RunConfig):
                              f"number of processes ({world} = trainer.devices x trainer.num_nodes)"
                              + ("; use trainer.strategy=fsdp2_tp to combine it with data parallelism" if kind == "tp" else ""))
         return FSDP2Strategy(kind, data_parallel_size=world // tp, tensor_parallel_size=tp,
-                             save_distributed_checkpoint=False)
+                             save_distributed_checkpoint=cfg.checkpoint.sharded)
     if kind == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy
 

@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from ..config import ModelConfig
 from . import checkpoint_keys as K
-from .checkpoint_io import CheckpointError, read_checkpoint
+from .checkpoint_io import CheckpointError, is_sharded_checkpoint, read_checkpoint
 
 WRAPPER_PREFIXES = ("_orig_mod.", "model.", "module.")
 EXPORT_WEIGHTS, EXPORT_CONFIG, EXPORT_TOKENIZER = "model.safetensors", "model_config.json", "tokenizer.json"
@@ -63,7 +63,7 @@ def read_weights(source: str | Path, *, require_task: str | None = None) -> tupl
 
         model = load_gguf(path)
         return model.state_dict(), model.cfg, gguf_tokenizer(path).tok.to_str()
-    if path.is_dir():
+    if path.is_dir() and not is_sharded_checkpoint(path):
         if (path / EXPORT_CONFIG).is_file():
             from safetensors.torch import load_file
 
@@ -106,7 +106,7 @@ def load_model(source: str | Path, *, merge: bool = True) -> tuple[nn.Module, st
 
     from ..interop.gguf import is_gguf
 
-    if Path(source).is_file() and not is_gguf(source):
+    if (Path(source).is_file() and not is_gguf(source)) or is_sharded_checkpoint(source):
         checkpoint = read_checkpoint(source)
         if K.BASE_MODEL in checkpoint:
             return _load_adapter_checkpoint(source, checkpoint, merge=merge), checkpoint.get(K.TOKENIZER)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pandas as pd
+import torch
 import pytest
 
 from ..training.conftest import tiny_overrides
@@ -69,7 +70,9 @@ def test_tensor_parallel_trains_as_ddp_does(tmp_path, toy_corpus, strategy, devi
     for name, values in (("ddp", {"trainer.strategy": "ddp", "trainer.devices": dp}),
                          (strategy, {"trainer.strategy": strategy, "trainer.devices": devices,
                                      **({"trainer.tensor_parallel_size": 2} if strategy == "fsdp2_tp" else {})})):
+        # checkpoints at steps 4 and 8: what follows a save must still agree (the optimizer's live state untouched)
         args = _common(toy_corpus, tmp_path / name, **{**extra, **values, "name": name, "optim.grad_clip": 0.05,
+                                                       "trainer.val_check_interval": 4, "trainer.log_every_n_steps": 1,
                                                        "sample.max_new_tokens": 6 if name == strategy else 0})
         if dp == 1 and name == "ddp":
             args = [a.replace("trainer.strategy=ddp", "trainer.strategy=auto") for a in args]
@@ -111,3 +114,54 @@ def test_fsdp2_resume_is_exact(tmp_path, toy_corpus):
     a, b = _history(straight), _history(resumed)
     assert a["train/loss"].dropna().tolist() == b["train/loss"].dropna().tolist()
     assert a["val/loss"].dropna().tolist() == b["val/loss"].dropna().tolist()
+
+
+def test_sharded_checkpoints_are_directories_that_load_export_and_refuse_ddp(tmp_path, toy_corpus):
+    """``checkpoint.sharded=true``: each checkpoint is a torch.distributed.checkpoint directory (no leftovers from
+    its temporary name); its consolidated weights equal the same run's gathered file; export reads it; a DDP
+    resume is refused with a one-line error."""
+    from transformer.export import export_checkpoint
+    from transformer.training.checkpoint_io import is_sharded_checkpoint
+    from transformer.training.weights import load_model
+
+    runs = {}
+    for name, sharded in (("gathered", "false"), ("sharded", "true")):
+        _train(_common(toy_corpus, tmp_path, **{"trainer.strategy": "tp", "name": name, "checkpoint.sharded": sharded,
+                                                "model.attention.type": "gqa", "model.attention.num_kv_heads": 2}))
+        [runs[name]] = tmp_path.glob(f"{name}-*")
+    last = runs["sharded"] / "checkpoints" / "last.ckpt"
+    assert is_sharded_checkpoint(last) and len(list(last.glob("*.distcp"))) == 2  # one shard file per rank
+    assert not [p.name for p in (runs["sharded"] / "checkpoints").iterdir() if p.name.startswith(".")]
+    model, _ = load_model(last)
+    reference, _ = load_model(runs["gathered"] / "checkpoints" / "last.ckpt")
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+    assert (export_checkpoint(last, tmp_path / "export") / "model.safetensors").is_file()
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *_common(
+        toy_corpus, tmp_path, **{"trainer.strategy": "ddp", "name": "sharded", "trainer.max_steps": 20}),
+        "resume_from=auto"], capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode != 0 and "is a sharded checkpoint" in proc.stderr, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_sharded_resume_is_exact_and_reshards(tmp_path, toy_corpus):
+    """Sharded save -> resume is bitwise exact (tp on 2 processes); the same checkpoint resumes onto another
+    number of processes and layout (fsdp2 on one process: the shards gathered back into whole tensors, the same
+    global batch) and continues the same run within 1e-5."""
+    common = _common(toy_corpus, tmp_path, **{"optim.decay_steps": 20, "checkpoint.sharded": "true",
+                                              "model.attention.type": "gqa", "model.attention.num_kv_heads": 2})
+    _train(common + ["trainer.strategy=tp", "trainer.max_steps=20", "name=straight"])
+    _train(common + ["trainer.strategy=tp", "trainer.max_steps=10", "name=resumed"])
+    [resumed] = tmp_path.glob("resumed-*")
+    import shutil
+
+    shutil.copytree(resumed, tmp_path / "other" / resumed.name.replace("resumed", "other"))
+    _train(common + ["trainer.strategy=tp", "trainer.max_steps=20", "name=resumed", "resume_from=auto"])
+    _train(common + ["trainer.strategy=fsdp2", "trainer.devices=1", "trainer.max_steps=20", "name=other", "resume_from=auto",
+                     f"out_dir={tmp_path / 'other'}"])
+    [straight] = tmp_path.glob("straight-*")
+    [other] = (tmp_path / "other").glob("other-*")
+    a, b, c = _history(straight), _history(resumed), _history(other)
+    assert a["train/loss"].dropna().tolist() == b["train/loss"].dropna().tolist()
+    assert a["val/loss"].dropna().tolist() == b["val/loss"].dropna().tolist()
+    assert a["train/loss"].dropna().tolist() == pytest.approx(c["train/loss"].dropna().tolist(), abs=1e-5)

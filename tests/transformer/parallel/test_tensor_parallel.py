@@ -99,6 +99,11 @@ def _worker(rank, world, port, name, dp):
         for key, entry in ref_moments.items():
             for moment in ("exp_avg", "exp_avg_sq"):
                 assert (moments[key][moment] - entry[moment]).abs().max() < 1e-6, (key, moment)
+        # taking the state dicts (a checkpoint) leaves the live state as it was: the next step still agrees
+        (ref_loss,), _, _ = _steps(reference, batches[:1], ref_opt, clip=torch.nn.utils.clip_grad_norm_)
+        (loss,), _, _ = _steps(split, mine[:1], opt)
+        dist.all_reduce(loss)
+        assert abs(float(loss) / world - float(ref_loss)) < 1e-5
         # the usual layout goes back into a freshly split model
         torch.manual_seed(1)
         fresh = apply_tensor_parallel(build_model(cfg), mesh["tensor_parallel"])
