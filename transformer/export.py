@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="python -m transformer.export", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", help="a training checkpoint (.ckpt) or a GGUF file")
+    parser.add_argument("checkpoint", help="a training checkpoint (.ckpt file, or a sharded .ckpt directory) or a GGUF file")
     parser.add_argument("out_dir")
     parser.add_argument("--hf", action="store_true", help="also write a Hugging Face-format copy in OUT_DIR/hf")
     parser.add_argument("--merge", action="store_true",
