@@ -123,13 +123,14 @@ class TransformerLM(nn.Module, _Reports):
         positions when decoding); ``num_logits``: compute the head only for the last n positions.
         Packed sequences pass ``position_ids`` ``[b, s]`` (restarting at 0 in each document) and
         ``document_ids`` ``[b, s]``: no token attends across documents, so each is computed as if alone.
+        ``position_ids`` alone: tokens at those positions of one sequence (a context-parallel shard).
         ``logits_for_targets``: run the head only at positions whose target is not -100 (fine-tuning data,
         where prompts carry no loss): the same loss, without the head's matmuls for the other positions;
         ``logits`` is then ``[n, V]`` for those n positions, in order."""
         past = caches[0].self_attn.length if caches else 0
         if position_ids is not None or document_ids is not None:
-            if position_ids is None or document_ids is None or caches:
-                raise ValueError("packed sequences need both position_ids and document_ids, and no KV cache")
+            if position_ids is None or caches:
+                raise ValueError("document_ids (packed sequences) need position_ids, and neither goes with a KV cache")
             x = self.embed(input_ids, position_ids if self.cfg.position != "none" else None)
             out = self.decoder(x, attention_mask, position_ids=position_ids, document_ids=document_ids)
             return self._head(out, targets, num_logits, logits_for_targets)

@@ -40,6 +40,7 @@ class AttentionLayer(nn.Module):
         self.num_kv_heads, self.head_dim = config.resolve_heads(embed_dim, num_heads)
         self.causal, self.sliding_window = config.causal, config.sliding_window
         self.backend = config.backend
+        self.context_shard = None  # transformer.parallel.context_parallel: set on layers that run the ring
         self._kernel = ATTENTION_BACKENDS[config.backend]
         self.last_dispatch: str | None = None
         """The kernel path of the latest forward, e.g. ``"sdpa:is_causal"`` (see ``sdpa.py``)."""
@@ -158,6 +159,9 @@ class AttentionLayer(nn.Module):
                need_weights: bool = False) -> AttentionResult:
         """Softmax attention through the configured backend. Mechanisms that combine or restrict the attention
         maps (differential, sparse, neighbourhood) override this and keep the rest of the forward pass."""
+        shard = self.context_shard
+        if shard is not None and shard.positions is not None:  # a context-parallel shard: the ring over the group
+            return AttentionResult(shard.attend(q, k, v, causal=self.causal, scale=self.scale), None, "ring")
         if self._window_band_applies(q, k, v, mask, bias, need_weights):
             return self._window_band(q, k, v, mask)
         return self._run_kernel(q, k, v, mask, bias, need_weights=need_weights)

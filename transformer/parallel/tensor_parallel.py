@@ -80,7 +80,8 @@ def apply_tensor_parallel(model: nn.Module, mesh) -> nn.Module:
         h, n, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
         _reorder_rows(attn.qkv_proj, [h * d, n * d, n * d], tp)
         plan = {"attn.qkv_proj": ColwiseParallel(), "attn.out_proj": RowwiseParallel()}
-        if attn.q_norm is not None:  # one [d] weight over all heads [b, s, heads, d]: rank r's heads give a part of its gradient
+        if attn.q_norm is not None:  # one [d] weight shared by the heads of [b, s, heads, d]: each rank's heads
+            # give part of its gradient, which SequenceParallel (inputs sharded on the head dim) sums over the ranks
             plan["attn.q_norm"] = plan["attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         for name, mlp in _named_feedforwards(block):
             if mlp.gated:

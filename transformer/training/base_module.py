@@ -131,7 +131,11 @@ class TrainingModule(L.LightningModule):
 
         strategy = getattr(self._trainer, "strategy", None)
         if isinstance(strategy, FSDP2Strategy) and not getattr(self, "_sharded", False):
-            parallelize(self.model, self.device_mesh, strategy.kind, bf16=str(self._trainer.precision).startswith("bf16"))
+            parallelize(self.model, self.device_mesh, strategy.kind, bf16=str(self._trainer.precision).startswith("bf16"),
+                        context_parallel_size=strategy.context_parallel_size)
+            if strategy.context_parallel_size > 1 and self._trainer.is_global_zero:
+                print(f"context parallel: every sequence split over {strategy.context_parallel_size} processes "
+                      f"(zig-zag shards, ring attention)", flush=True)
             self._sharded = True
         if self.compile_model and not getattr(self, "_compiled", False):
             self.model = torch.compile(self.model)

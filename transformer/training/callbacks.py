@@ -96,8 +96,8 @@ class StopWhenNotImproving(EarlyStopping):
 
 
 def shards_parameters(trainer) -> bool:
-    """The strategy splits parameters across ranks (``fsdp``, ``fsdp2``): every forward is collective, so work that
-    runs the model (samples, evaluation) must run on every rank or not at all."""
+    """The strategy splits parameters across ranks (``fsdp``, ``fsdp2``, ``tp``, ``fsdp2_tp``): every forward is
+    collective, so work that runs the model (samples, evaluation) must run on every rank or not at all."""
     return type(trainer.strategy).__name__ in ("FSDPStrategy", "FSDP2Strategy")
 
 

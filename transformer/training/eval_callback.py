@@ -51,9 +51,9 @@ class EvalCallback(L.Callback):
         from .callbacks import shards_parameters
 
         if shards_parameters(trainer):
+            kind = getattr(trainer.strategy, "kind", type(trainer.strategy).__name__)
             raise ValueError(f"eval.tasks during training needs the whole model on each process; trainer.strategy runs "
-                             f"{type(trainer.strategy).__name__}: evaluate the checkpoints afterwards with "
-                             f"python -m transformer.evaluate")
+                             f"{kind}: evaluate the checkpoints afterwards with python -m transformer.evaluate")
         if self.plan.extrapolation and not hasattr(getattr(trainer.datamodule, "corpus", None), "tokens"):
             raise ValueError("eval.tasks: length_extrapolation reads the validation text as one token stream; this run's "
                              "data (instruction / chat examples) has none: leave it out of eval.tasks")

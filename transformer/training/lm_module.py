@@ -19,6 +19,7 @@ from torchmetrics import SumMetric
 
 from ..config import ModelConfig
 from ..data.datamodule import data_parallel_rank_world
+from ..parallel.context_parallel import shard_batch
 from ..transformer_model import build_model
 from .base_module import NonFiniteError, TrainingModule
 from .config import OptimConfig
@@ -57,6 +58,15 @@ class LanguageModelModule(TrainingModule):
         Fine-tuning data skip the head at positions without a target (the same loss; ``bench/finetune.py``
         measures the saving) — not under torch.compile, where the data-dependent shape would recompile."""
         sparse = {"logits_for_targets": True} if self.token_mean and not self.compile_model else {}
+        shard = getattr(self.model, "context_shard", None)
+        if shard is not None:  # context parallelism: this rank's share of every sequence, attention by ring
+            if len(batch) == 4 or self.token_mean:
+                raise ValueError("trainer.context_parallel_size > 1 needs plain token windows: packed documents with "
+                                 "document masks and fine-tuning data (tokens without loss) are not supported")
+            x, y = batch
+            with shard.sharded(x.shape[1], x.device):
+                x, y, positions = shard_batch(shard, x, y)
+                return self.model(x, y, position_ids=positions), y
         if len(batch) == 4:
             x, y, positions, documents = batch
             return self.model(x, y, position_ids=positions, document_ids=documents, **sparse), y
@@ -82,7 +92,9 @@ class LanguageModelModule(TrainingModule):
                 self.log("train/aux_loss", out.aux_loss.detach(), on_step=True, on_epoch=False)
         self.check_finite(loss, "training loss")
         if logging_step:  # self.log costs ~0.1 ms a call: only on steps the loggers will write
-            self.log("train/loss", out.loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+            shard = getattr(self.model, "context_shard", None)  # context parallel: the whole sequences' loss
+            logged = out.loss.detach() if shard is None else shard.mean(out.loss)
+            self.log("train/loss", logged, on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
     def _is_logging_step(self) -> bool:
@@ -125,7 +137,8 @@ class LanguageModelModule(TrainingModule):
 
     def on_validation_epoch_end(self) -> None:
         total, count = self.val_loss_sum.compute(), self.val_tokens.compute()
-        replicas = self.trainer.world_size // data_parallel_rank_world(self.trainer)[1]
+        shards = getattr(getattr(self.model, "context_shard", None), "size", 1)  # context-parallel ranks: distinct tokens
+        replicas = self.trainer.world_size // (data_parallel_rank_world(self.trainer)[1] * shards)
         total, count = total / replicas, count / replicas  # the ranks of a tensor-parallel group summed one batch each
         self.val_loss_sum.reset()
         self.val_tokens.reset()

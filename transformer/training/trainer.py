@@ -147,9 +147,17 @@ class FSDP2Strategy(ModelParallelStrategy):
     rows in the usual layout) and read as every other strategy here reads them: they hold the run's RNG state
     (numpy arrays), which torch's ``weights_only`` loader refuses."""
 
-    def __init__(self, kind: str = "fsdp2", **kwargs) -> None:
+    def __init__(self, kind: str = "fsdp2", *, context_parallel_size: int = 1, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.kind = kind
+        self.kind, self.context_parallel_size = kind, context_parallel_size
+
+    @property
+    def distributed_sampler_kwargs(self) -> dict:
+        """Under context parallelism the ``cp`` consecutive ranks of a group share each batch."""
+        if self.context_parallel_size == 1:
+            return super().distributed_sampler_kwargs
+        cp = self.context_parallel_size
+        return {"num_replicas": self.world_size // cp, "rank": self.global_rank // cp}
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         return super().load_checkpoint(checkpoint_path, weights_only=False)
@@ -175,14 +183,23 @@ class FSDP2Strategy(ModelParallelStrategy):
         self.barrier("sharded checkpoint in place")
 
 
-def parallelize(model, mesh, kind: str, *, bf16: bool = False) -> None:
+def parallelize(model, mesh, kind: str, *, bf16: bool = False, context_parallel_size: int = 1) -> None:
     """Split ``model`` in place for strategy ``kind`` over Lightning's ``(data_parallel, tensor_parallel)`` mesh:
-    tensor parallelism inside each tensor-parallel group first, then FSDP2 across the groups."""
+    tensor parallelism inside each tensor-parallel group first, then FSDP2 across the groups. With
+    ``context_parallel_size`` > 1 (``fsdp2`` only): groups of that many consecutive ranks share each sequence
+    (ring attention), and FSDP2 spans every rank (its gradient mean is over data and context shards)."""
+    from ..parallel.context_parallel import apply_context_parallel
     from ..parallel.fsdp2 import shard_model
     from ..parallel.tensor_parallel import apply_tensor_parallel
 
     if kind in ("tp", "fsdp2_tp"):
         apply_tensor_parallel(model, mesh["tensor_parallel"])
+    if context_parallel_size > 1:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        world, cp = mesh.size(), context_parallel_size
+        groups = init_device_mesh(mesh.device_type, (world // cp, cp), mesh_dim_names=("data_parallel", "context_parallel"))
+        apply_context_parallel(model, groups["context_parallel"].get_group(), groups["context_parallel"].get_local_rank(), cp)
     if kind in ("fsdp2", "fsdp2_tp"):
         shard_model(model, mesh["data_parallel"], mixed_precision="bf16" if bf16 else None)
 
@@ -192,11 +209,19 @@ def build_strategy(cfg: RunConfig):
     if kind in MODEL_PARALLEL:
         world = _world_size(cfg)
         tp = {"fsdp2": 1, "tp": cfg.trainer.tensor_parallel_size or world, "fsdp2_tp": cfg.trainer.tensor_parallel_size}[kind]
+        cp = cfg.trainer.context_parallel_size
+        if world % cp:
+            raise ValueError(f"trainer.context_parallel_size={cp} must divide the number of processes ({world} = "
+                             f"trainer.devices x trainer.num_nodes)")
+        block = getattr(getattr(cfg, "data", None), "block_size", None)
+        if cp > 1 and block is not None and block % (2 * cp):
+            raise ValueError(f"data.block_size={block} must be divisible by 2 x trainer.context_parallel_size={cp} "
+                             f"(each process takes two equal chunks of every sequence)")
         if world % tp or (kind == "tp" and tp != world):
             raise ValueError(f"trainer.tensor_parallel_size={tp} must {'equal' if kind == 'tp' else 'divide'} the "
                              f"number of processes ({world} = trainer.devices x trainer.num_nodes)"
                              + ("; use trainer.strategy=fsdp2_tp to combine it with data parallelism" if kind == "tp" else ""))
-        return FSDP2Strategy(kind, data_parallel_size=world // tp, tensor_parallel_size=tp,
+        return FSDP2Strategy(kind, context_parallel_size=cp, data_parallel_size=world // tp, tensor_parallel_size=tp,
                              save_distributed_checkpoint=cfg.checkpoint.sharded)
     if kind == "fsdp":
         from lightning.pytorch.strategies import FSDPStrategy

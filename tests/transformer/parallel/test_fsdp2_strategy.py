@@ -89,6 +89,41 @@ def test_tensor_parallel_trains_as_ddp_does(tmp_path, toy_corpus, strategy, devi
         assert (a - b).abs().max() < 1e-5, name
 
 
+def test_context_parallel_trains_as_one_process(tmp_path, toy_corpus):
+    """``trainer.context_parallel_size=2`` under fsdp2 on 2 processes: each holds half of every sequence (zig-zag),
+    attention by ring; the logged losses (every step, checkpoints at 4 and 8), validation loss and tokens and the
+    final weights equal one process on the whole sequences; samples at the end run on whole sequences."""
+    from transformer.training.weights import load_model
+
+    runs = {}
+    extra = {"model.attention.type": "gqa", "model.attention.num_kv_heads": 2, "trainer.val_check_interval": 4,
+             "trainer.log_every_n_steps": 1}
+    for name, values in (("one", {"trainer.devices": 1}),
+                         ("cp", {"trainer.strategy": "fsdp2", "trainer.context_parallel_size": 2,
+                                 "sample.max_new_tokens": 6})):
+        proc = _train(_common(toy_corpus, tmp_path / name, **{**extra, **values, "name": name}))
+        [runs[name]] = (tmp_path / name).glob(f"{name}-*")
+    assert "sample after 10 steps" in proc.stdout and "every sequence split over 2 processes" in proc.stdout
+    ref, cp = _history(runs["one"]), _history(runs["cp"])
+    assert ref["train/loss"].dropna().tolist() == pytest.approx(cp["train/loss"].dropna().tolist(), abs=1e-5)
+    assert ref["val/loss"].dropna().tolist() == pytest.approx(cp["val/loss"].dropna().tolist(), abs=1e-5)
+    assert ref["val/tokens"].dropna().iloc[-1] == cp["val/tokens"].dropna().iloc[-1]
+    model, _ = load_model(runs["cp"] / "checkpoints" / "last.ckpt")
+    reference, _ = load_model(runs["one"] / "checkpoints" / "last.ckpt")
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert (a - b).abs().max() < 1e-5, name
+
+
+def test_a_block_size_context_parallelism_cannot_split_is_one_line(tmp_path, toy_corpus):
+    proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *_common(
+        toy_corpus, tmp_path, **{"trainer.strategy": "fsdp2", "trainer.context_parallel_size": 2, "data.block_size": 30,
+                                 "model.max_seq_len": 30})],
+        capture_output=True, text=True, cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode != 0
+    assert "data.block_size=30 must be divisible by 2 x trainer.context_parallel_size=2" in proc.stderr, proc.stderr[-2000:]
+    assert len(proc.stderr.strip().splitlines()) == 1 and not list(tmp_path.glob("*-*/checkpoints/*"))
+
+
 @pytest.mark.slow
 def test_tensor_parallel_resume_is_exact(tmp_path, toy_corpus):
     common = _common(toy_corpus, tmp_path, **{"trainer.strategy": "tp", "optim.decay_steps": 20, "optim.grad_clip": 0.05,
