@@ -125,22 +125,12 @@ def test_a_block_size_context_parallelism_cannot_split_is_one_line(tmp_path, toy
 
 
 @pytest.mark.slow
-def test_tensor_parallel_resume_is_exact(tmp_path, toy_corpus):
-    common = _common(toy_corpus, tmp_path, **{"trainer.strategy": "tp", "optim.decay_steps": 20, "optim.grad_clip": 0.05,
-                                              "model.attention.type": "gqa", "model.attention.num_kv_heads": 2})
-    _train(common + ["trainer.max_steps=20", "name=straight"])
-    _train(common + ["trainer.max_steps=10", "name=resumed"])
-    _train(common + ["trainer.max_steps=20", "name=resumed", "resume_from=auto"])
-    [straight] = tmp_path.glob("straight-*")
-    [resumed] = tmp_path.glob("resumed-*")
-    a, b = _history(straight), _history(resumed)
-    assert a["train/loss"].dropna().tolist() == b["train/loss"].dropna().tolist()
-    assert a["val/loss"].dropna().tolist() == b["val/loss"].dropna().tolist()
-
-
-@pytest.mark.slow
-def test_fsdp2_resume_is_exact(tmp_path, toy_corpus):
-    common = _common(toy_corpus, tmp_path, **{"trainer.strategy": "fsdp2", "optim.decay_steps": 20})
+@pytest.mark.parametrize("extra", [
+    {"trainer.strategy": "fsdp2"},
+    {"trainer.strategy": "tp", "optim.grad_clip": 0.05, "model.attention.type": "gqa", "model.attention.num_kv_heads": 2},
+], ids=["fsdp2", "tp"])
+def test_resume_is_exact(tmp_path, toy_corpus, extra):
+    common = _common(toy_corpus, tmp_path, **{"optim.decay_steps": 20, **extra})
     _train(common + ["trainer.max_steps=20", "name=straight"])
     _train(common + ["trainer.max_steps=10", "name=resumed"])
     _train(common + ["trainer.max_steps=20", "name=resumed", "resume_from=auto"])
