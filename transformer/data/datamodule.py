@@ -51,7 +51,8 @@ class TokenWindows(Dataset):
 
 def data_parallel_rank_world(trainer) -> tuple[int, int]:
     """``(rank, size)`` of this process among those that see different data: every process under DDP / FSDP,
-    one per tensor-parallel group under ``tp`` / ``fsdp2_tp`` (the ranks of a group share each batch)."""
+    one per tensor-parallel group under ``tp`` / ``fsdp2_tp`` and one per context-parallel group (the ranks of a
+    group share each batch: the strategy's ``distributed_sampler_kwargs`` say how)."""
     if trainer is None:
         return 0, 1
     kwargs = getattr(trainer.strategy, "distributed_sampler_kwargs", None)
