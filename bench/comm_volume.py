@@ -14,8 +14,8 @@ shape; fp32 except the ring's int64 positions) is summed. Counted per rank, in b
 - ``tp``: one all-reduce of ``[b, s, D]`` after each block's attention and MLP forward and one of their input
   gradients in backward: ``4 · 4·L·b·s·D``.
 - ``cp``: per layer, forward: W - 1 passes of this rank's keys, values (``2·b·n·(s/W)·d`` floats) and positions
-  (``s/W`` int64); backward: W passes of the same plus W passes of their gradients; plus DDP's gradient
-  all-reduce (``4·P``).
+  (``s/W`` int64); backward: W - 1 passes of the same plus W passes of their gradients (a full turn brings them
+  home); plus DDP's gradient all-reduce (``4·P``).
 """
 
 from __future__ import annotations
@@ -67,7 +67,7 @@ def _analytic(kind, cfg, args, model, world) -> int:
     n, d = cfg.attention.num_kv_heads, cfg.embed_dim // cfg.num_heads
     block = 2 * b * n * (s // world) * d * 4 + (s // world) * 8
     grads = 2 * b * n * (s // world) * d * 4
-    return layers * ((world - 1) * block + world * block + world * grads) + 4 * params
+    return layers * (2 * (world - 1) * block + world * grads) + 4 * params
 
 
 def _worker(rank, world, port, args, queue):

@@ -96,6 +96,9 @@ class MultiHeadLatentAttention(AttentionLayer):
         self.kv_up = nn.Linear(self.kv_lora_rank, h * (d + self.v_head_dim), bias=False)  # [k_nope | v] per head
         self.out_proj = nn.Linear(h * self.v_head_dim, embed_dim, bias=config.bias)
         self._make_rotary(self.rope_head_dim, 1.0)
+        self.shared_key_hook = None
+        """Set by tensor parallelism (``transformer.parallel.tensor_parallel``): applied to the rope key, which
+        every rank computes whole and its own heads use in part (the hook sums its gradient over the ranks)."""
         r, dv = self.kv_lora_rank, self.v_head_dim
         excess = 2 * r - d - dv  # per query and key: what attending over the latent costs beyond expanded heads
         self.absorb_below = math.inf if excess <= 0 else r * (d + dv) / excess
@@ -135,6 +138,8 @@ class MultiHeadLatentAttention(AttentionLayer):
             latent, k_rope = self.kv_down(source).split([r, d_r], dim=-1)  # [b, m, r], [b, m, d_r]
             latent = self.kv_norm(latent)[:, None]  # [b, 1, m, r]
             k_rope = k_rope[:, None]  # [b, 1, m, d_r]: one rope key shared by every head
+            if self.shared_key_hook is not None and d_r:
+                k_rope = self.shared_key_hook(k_rope)
             if rope is not None:
                 k_rope = apply_rotary(k_rope, *rope)
             stream = torch.cat((latent, k_rope), dim=-1) if d_r else latent  # [b, 1, m, r + d_r]

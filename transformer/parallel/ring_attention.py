@@ -121,7 +121,8 @@ class _RingAttention(torch.autograd.Function):
         dk = torch.zeros(k.shape, dtype=acc, device=k.device)
         dv = torch.zeros(v.shape, dtype=acc, device=v.device)
         for step in range(world):
-            moving = _Pass([block_k, block_v, block_pos], group)  # the block goes on while its gradients are computed
+            if step < world - 1:  # the block goes on while its gradients are computed (not home again after the last)
+                moving = _Pass([block_k, block_v, block_pos], group)
             allowed = (q_pos[:, None] >= block_pos[None, :]) if ctx.causal else None
             p = torch.exp(_scores(qg, block_k, scale, allowed) - safe_lse[..., None])  # [b, n, g, s, t]
             dv = dv + torch.einsum("bngst,bngse->bnte", p, dout)
@@ -129,8 +130,9 @@ class _RingAttention(torch.autograd.Function):
             ds = p * (dp - delta[..., None]) * scale
             dq = dq + torch.einsum("bngst,bntd->bngsd", ds, block_k.to(acc))
             dk = dk + torch.einsum("bngst,bngsd->bntd", ds, qg)
-            # the block's key/value gradients follow it; after a full turn both are home again
-            block_k, block_v, block_pos = moving.wait()
+            # the block's key/value gradients follow it; after a full turn they are home again
+            if step < world - 1:
+                block_k, block_v, block_pos = moving.wait()
             dk, dv = _Pass([dk, dv], group).wait()
         return (dq.view(b, h, s, d).to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None, None, None, None)
 

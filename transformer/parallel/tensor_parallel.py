@@ -4,6 +4,8 @@ Per transformer block, over the 1-D tensor-parallel ``mesh`` of ``tp`` ranks::
 
     attention  qkv_proj  column-wise: rank r computes the queries, keys and values of its own heads
                out_proj  row-wise:    partial outputs of its heads, summed over the ranks (one all-reduce)
+    MLA        q_proj / q_up, kv_up column-wise (their rows are per head already); out_proj row-wise;
+               q_down, kv_down and their norms replicated (the latents are small and every head reads them)
     MLP        w_in      column-wise: its share of the hidden units (every expert's, under MoE)
                w_out     row-wise:    summed over the ranks (one all-reduce)
 
@@ -18,9 +20,13 @@ state-dict hooks (module and optimizer) turn the rank layout back on the way out
 checkpoints — single-file or ``torch.distributed.checkpoint`` shards — are those of an unsplit model and load at
 any degree of parallelism.
 
-What the plan does not split: MLA (its latent projections), linear, differential, sparse, neighbourhood and
-SwitchHead attention, ALiBi and relative position biases (per-head tables), and key/value head counts that ``tp``
-does not divide (MQA at tp > 1): :func:`check_tensor_parallel` refuses them with the reason.
+MLA's decoupled RoPE key is one head shared by all query heads; every rank computes it whole but its heads use
+only part of it, so its gradient is summed over the ranks on the way back (:class:`_SumGradOverRanks`, Megatron's
+``f``). Under TP MLA decodes by re-expanding its latent (the absorbed path reads ``kv_up`` as a plain tensor).
+
+What the plan does not split: linear, differential, sparse, neighbourhood and SwitchHead attention, ALiBi and
+relative position biases (per-head tables), and key/value head counts that ``tp`` does not divide (MQA at
+tp > 1): :func:`check_tensor_parallel` refuses them with the reason.
 
 Shape legend: h query heads, n key/value heads, d head dim, F MLP hidden width, D embed_dim.
 """
@@ -32,7 +38,7 @@ from torch import Tensor, nn
 
 from ..layers import FeedForward, MixtureOfExperts, TransformerBlock
 
-SPLITTABLE_ATTENTION = ("mha", "gqa", "mqa")
+SPLITTABLE_ATTENTION = ("mha", "gqa", "mqa", "mla")
 
 
 def rank_layout_order(segments: list[int], tp: int) -> Tensor:
@@ -56,7 +62,10 @@ def check_tensor_parallel(model: nn.Module, tp: int) -> None:
         if attn.position_bias is not None:
             raise ValueError(f"{where}.positional={attn.config.positional!r}: its per-head bias table is not split "
                              f"across tensor-parallel ranks; use rope (or model.position=learned), or trainer.strategy=fsdp2")
-        if attn.num_heads % tp or attn.num_kv_heads % tp:
+        if kind == "mla" and attn.num_heads % tp:
+            raise ValueError(f"{where}: num_heads={attn.num_heads} must be divisible by "
+                             f"trainer.tensor_parallel_size={tp} (each rank holds whole heads)")
+        if kind != "mla" and (attn.num_heads % tp or attn.num_kv_heads % tp):
             raise ValueError(f"{where}: num_heads={attn.num_heads} and num_kv_heads={attn.num_kv_heads} must both be "
                              f"divisible by trainer.tensor_parallel_size={tp} (each rank holds whole heads)")
         if block.cross_attn is not None:
@@ -78,9 +87,15 @@ def apply_tensor_parallel(model: nn.Module, mesh) -> nn.Module:
     for block in _blocks(model):
         attn = block.attn
         h, n, d = attn.num_heads, attn.num_kv_heads, attn.head_dim
-        _reorder_rows(attn.qkv_proj, [h * d, n * d, n * d], tp)
-        plan = {"attn.qkv_proj": ColwiseParallel(), "attn.out_proj": RowwiseParallel()}
-        if attn.q_norm is not None:  # one [d] weight shared by the heads of [b, s, heads, d]: each rank's heads
+        if attn.attention_type == "mla":
+            plan = {"attn.q_up" if attn.q_lora_rank else "attn.q_proj": ColwiseParallel(),
+                    "attn.kv_up": ColwiseParallel(), "attn.out_proj": RowwiseParallel()}
+            group = mesh.get_group()
+            attn.shared_key_hook = lambda t, group=group: _SumGradOverRanks.apply(t, group)
+        else:
+            _reorder_rows(attn.qkv_proj, [h * d, n * d, n * d], tp)
+            plan = {"attn.qkv_proj": ColwiseParallel(), "attn.out_proj": RowwiseParallel()}
+        if attn.attention_type != "mla" and attn.q_norm is not None:  # one [d] weight shared by the heads of [b, s, heads, d]: each rank's heads
             # give part of its gradient, which SequenceParallel (inputs sharded on the head dim) sums over the ranks
             plan["attn.q_norm"] = plan["attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         for name, mlp in _named_feedforwards(block):
@@ -90,9 +105,28 @@ def apply_tensor_parallel(model: nn.Module, mesh) -> nn.Module:
             plan[f"{name}.w_in"], plan[f"{name}.w_out"] = ColwiseParallel(), RowwiseParallel()
         parallelize_module(block, mesh, plan)
         # each rank now runs attention over its own heads
-        attn.num_heads, attn.num_kv_heads = h // tp, n // tp
-        attn.q_size, attn.kv_size = (h // tp) * d, (n // tp) * d
+        attn.num_heads, attn.num_kv_heads = h // tp, n // tp  # (MLA: n = h)
+        if attn.attention_type != "mla":
+            attn.q_size, attn.kv_size = (h // tp) * d, (n // tp) * d
     return model
+
+
+class _SumGradOverRanks(torch.autograd.Function):
+    """Identity forward; the backward sums the gradient over the tensor-parallel ranks (Megatron's ``f``): for an
+    activation every rank computes whole while each rank's heads use only a part of it."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, group) -> Tensor:
+        ctx.group = group
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        import torch.distributed as dist
+
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, group=ctx.group)
+        return grad, None
 
 
 def row_orders(model: nn.Module) -> dict[int, Tensor]:

@@ -1,7 +1,7 @@
 """Tensor parallelism (and FSDP2 x TP) on CPU processes (gloo): the loss, the gradients, the weights and the
 optimizer moments after AdamW steps with gradient clipping equal one process training the unsplit model (fp32,
-within 1e-5), for GQA with SwiGLU, MHA with GELU, and a mixture of experts; state dicts are in the usual row
-layout and load back into a split model."""
+within 1e-5), for GQA with SwiGLU, MHA with GELU, MLA (with and without a query latent) and a mixture of
+experts; state dicts are in the usual row layout and load back into a split model."""
 
 import os
 
@@ -21,6 +21,9 @@ CONFIGS = {
     "gqa_swiglu": dict(BASE, mlp="swiglu", attention={"type": "gqa", "num_kv_heads": 2, "positional": "rope"}),
     "mha_gelu": dict(BASE, mlp="gelu", norm="layernorm", bias=True, position="learned",
                      attention={"type": "mha", "positional": "none"}),
+    "mla": dict(BASE, mlp="swiglu", attention={"type": "mla", "positional": "rope", "kv_lora_rank": 16}),
+    "mla_q_lora": dict(BASE, mlp="gelu", attention={"type": "mla", "positional": "rope", "kv_lora_rank": 16,
+                                                    "q_lora_rank": 24, "rope_head_dim": 4}),
     "moe": dict(BASE, mlp="swiglu", moe_num_experts=2, moe_top_k=1, attention={"type": "gqa", "num_kv_heads": 2,
                                                                              "positional": "rope", "qk_norm": True}),
 }
@@ -149,7 +152,7 @@ def test_rank_layout_order_puts_each_ranks_rows_together():
 
 @pytest.mark.parametrize("overrides, match", [
     ({"attention": {"type": "mqa", "positional": "rope"}}, "num_kv_heads=1 must both be divisible"),
-    ({"attention": {"type": "mla", "positional": "rope"}}, "'mla' has no tensor-parallel plan"),
+    ({"attention": {"type": "differential", "positional": "rope"}}, "'differential' has no tensor-parallel plan"),
     ({"attention": {"type": "gqa", "num_kv_heads": 2, "positional": "alibi"}}, "positional='alibi'"),
 ])
 def test_settings_the_plan_cannot_split_are_refused(overrides, match):
