@@ -86,9 +86,10 @@ class TrainerConfig:
     """Processes per tensor-parallel group under ``fsdp2_tp`` (required; it must divide the number of processes,
     and every layer's head counts and MLP width); under ``tp`` every process (``None``, or that number)."""
     context_parallel_size: int = 1
-    """Under ``fsdp2``: split every sequence across this many processes (ring attention, zig-zag shards; it must
-    divide the number of processes, and ``2 x`` it ``data.block_size``). The processes of one group share a batch;
-    FSDP2 shards the parameters over all processes. README "Scaling out"."""
+    """Under ``fsdp2`` / ``fsdp2_tp``: split every sequence across this many processes (ring attention, zig-zag
+    shards; times ``tensor_parallel_size`` it must divide the number of processes, and ``2 x`` it
+    ``data.block_size``). The processes of one group share a batch; FSDP2 shards the parameters over the data and
+    context ranks. README "Scaling out"."""
     precision: str = "32-true"
     """``32-true``, ``16-mixed``, ``bf16-mixed`` or ``bf16-true``."""
     max_steps: int = 500
@@ -127,9 +128,9 @@ class TrainerConfig:
         choice("trainer.strategy", self.strategy, STRATEGIES)
         positive_fields("trainer", self, ("tensor_parallel_size",), optional=True)
         positive_fields("trainer", self, ("context_parallel_size",))
-        if self.context_parallel_size > 1 and self.strategy != "fsdp2":
-            raise ValueError(f"trainer.context_parallel_size={self.context_parallel_size} needs trainer.strategy=fsdp2 "
-                             f"(got {self.strategy!r}; context parallelism is not combined with tensor parallelism yet)")
+        if self.context_parallel_size > 1 and self.strategy not in ("fsdp2", "fsdp2_tp"):
+            raise ValueError(f"trainer.context_parallel_size={self.context_parallel_size} needs trainer.strategy=fsdp2 or "
+                             f"fsdp2_tp (got {self.strategy!r})")
         if self.strategy == "fsdp2_tp" and self.tensor_parallel_size is None:
             raise ValueError("trainer.strategy=fsdp2_tp needs trainer.tensor_parallel_size (processes per "
                              "tensor-parallel group, e.g. the GPUs of one node)")

@@ -153,11 +153,11 @@ class FSDP2Strategy(ModelParallelStrategy):
 
     @property
     def distributed_sampler_kwargs(self) -> dict:
-        """Under context parallelism the ``cp`` consecutive ranks of a group share each batch."""
+        """Under context parallelism the ``cp`` consecutive data-parallel ranks of a group share each batch."""
         if self.context_parallel_size == 1:
             return super().distributed_sampler_kwargs
-        cp = self.context_parallel_size
-        return {"num_replicas": self.world_size // cp, "rank": self.global_rank // cp}
+        cp, mesh = self.context_parallel_size, self.device_mesh["data_parallel"]  # data and context ranks
+        return {"num_replicas": mesh.size() // cp, "rank": mesh.get_local_rank() // cp}
 
     def load_checkpoint(self, checkpoint_path, weights_only=None):
         return super().load_checkpoint(checkpoint_path, weights_only=False)
@@ -186,8 +186,9 @@ class FSDP2Strategy(ModelParallelStrategy):
 def parallelize(model, mesh, kind: str, *, bf16: bool = False, context_parallel_size: int = 1) -> None:
     """Split ``model`` in place for strategy ``kind`` over Lightning's ``(data_parallel, tensor_parallel)`` mesh:
     tensor parallelism inside each tensor-parallel group first, then FSDP2 across the groups. With
-    ``context_parallel_size`` > 1 (``fsdp2`` only): groups of that many consecutive ranks share each sequence
-    (ring attention), and FSDP2 spans every rank (its gradient mean is over data and context shards)."""
+    ``context_parallel_size`` > 1 (``fsdp2``, ``fsdp2_tp``): Lightning's data-parallel dimension holds the data x
+    context ranks; groups of that many consecutive ones share each sequence (ring attention over the heads a
+    rank holds), and FSDP2 spans the whole dimension (its gradient mean is over data and context shards)."""
     from ..parallel.context_parallel import apply_context_parallel
     from ..parallel.fsdp2 import shard_model
     from ..parallel.tensor_parallel import apply_tensor_parallel
@@ -197,8 +198,9 @@ def parallelize(model, mesh, kind: str, *, bf16: bool = False, context_parallel_
     if context_parallel_size > 1:
         from torch.distributed.device_mesh import init_device_mesh
 
-        world, cp = mesh.size(), context_parallel_size
-        groups = init_device_mesh(mesh.device_type, (world // cp, cp), mesh_dim_names=("data_parallel", "context_parallel"))
+        cp, tp = context_parallel_size, mesh["tensor_parallel"].size()
+        groups = init_device_mesh(mesh.device_type, (mesh.size() // (cp * tp), cp, tp),
+                                  mesh_dim_names=("data_parallel", "context_parallel", "tensor_parallel"))
         apply_context_parallel(model, groups["context_parallel"].get_group(), groups["context_parallel"].get_local_rank(), cp)
     if kind in ("fsdp2", "fsdp2_tp"):
         shard_model(model, mesh["data_parallel"], mixed_precision="bf16" if bf16 else None)
@@ -209,18 +211,18 @@ def build_strategy(cfg: RunConfig):
     if kind in MODEL_PARALLEL:
         world = _world_size(cfg)
         tp = {"fsdp2": 1, "tp": cfg.trainer.tensor_parallel_size or world, "fsdp2_tp": cfg.trainer.tensor_parallel_size}[kind]
-        cp = cfg.trainer.context_parallel_size
-        if world % cp:
-            raise ValueError(f"trainer.context_parallel_size={cp} must divide the number of processes ({world} = "
-                             f"trainer.devices x trainer.num_nodes)")
-        block = getattr(getattr(cfg, "data", None), "block_size", None)
-        if cp > 1 and block is not None and block % (2 * cp):
-            raise ValueError(f"data.block_size={block} must be divisible by 2 x trainer.context_parallel_size={cp} "
-                             f"(each process takes two equal chunks of every sequence)")
         if world % tp or (kind == "tp" and tp != world):
             raise ValueError(f"trainer.tensor_parallel_size={tp} must {'equal' if kind == 'tp' else 'divide'} the "
                              f"number of processes ({world} = trainer.devices x trainer.num_nodes)"
                              + ("; use trainer.strategy=fsdp2_tp to combine it with data parallelism" if kind == "tp" else ""))
+        cp = cfg.trainer.context_parallel_size
+        if world % (cp * tp):
+            raise ValueError(f"trainer.context_parallel_size={cp}" + (f" x trainer.tensor_parallel_size={tp}" if tp > 1 else "")
+                             + f" must divide the number of processes ({world} = trainer.devices x trainer.num_nodes)")
+        block = getattr(getattr(cfg, "data", None), "block_size", None)
+        if cp > 1 and block is not None and block % (2 * cp):
+            raise ValueError(f"data.block_size={block} must be divisible by 2 x trainer.context_parallel_size={cp} "
+                             f"(each process takes two equal chunks of every sequence)")
         return FSDP2Strategy(kind, context_parallel_size=cp, data_parallel_size=world // tp, tensor_parallel_size=tp,
                              save_distributed_checkpoint=cfg.checkpoint.sharded)
     if kind == "fsdp":

@@ -89,18 +89,23 @@ def test_tensor_parallel_trains_as_ddp_does(tmp_path, toy_corpus, strategy, devi
         assert (a - b).abs().max() < 1e-5, name
 
 
-def test_context_parallel_trains_as_one_process(tmp_path, toy_corpus):
-    """``trainer.context_parallel_size=2`` under fsdp2 on 2 processes: each holds half of every sequence (zig-zag),
-    attention by ring; the logged losses (every step, checkpoints at 4 and 8), validation loss and tokens and the
-    final weights equal one process on the whole sequences; samples at the end run on whole sequences."""
+@pytest.mark.parametrize("strategy, devices, more", [
+    ("fsdp2", 2, {}),
+    pytest.param("fsdp2_tp", 4, {"trainer.tensor_parallel_size": 2}, marks=pytest.mark.slow),
+])
+def test_context_parallel_trains_as_one_process(tmp_path, toy_corpus, strategy, devices, more):
+    """``trainer.context_parallel_size=2`` (under fsdp2 on 2 processes; under fsdp2_tp with 2-way tensor parallelism
+    on 4): each process holds half of every sequence (zig-zag), attention by ring; the logged losses (every step,
+    checkpoints at 4 and 8), validation loss and tokens and the final weights equal one process on the whole
+    sequences; samples at the end run on whole sequences."""
     from transformer.training.weights import load_model
 
     runs = {}
     extra = {"model.attention.type": "gqa", "model.attention.num_kv_heads": 2, "trainer.val_check_interval": 4,
              "trainer.log_every_n_steps": 1}
     for name, values in (("one", {"trainer.devices": 1}),
-                         ("cp", {"trainer.strategy": "fsdp2", "trainer.context_parallel_size": 2,
-                                 "sample.max_new_tokens": 6})):
+                         ("cp", {"trainer.strategy": strategy, "trainer.context_parallel_size": 2,
+                                 "trainer.devices": devices, "sample.max_new_tokens": 6, **more})):
         proc = _train(_common(toy_corpus, tmp_path / name, **{**extra, **values, "name": name}))
         [runs[name]] = (tmp_path / name).glob(f"{name}-*")
     assert "sample after 10 steps" in proc.stdout and "every sequence split over 2 processes" in proc.stdout

@@ -78,11 +78,31 @@ def test_overrides_and_interpolation():
         (["data.block_size=4096"], r"data\.block_size=4096 exceeds model\.max_seq_len=128"),
         (["trainer.max_steps"], r"key\.sub=value"),
         (["optim.fused=true", "trainer.precision=bf16-mixed"], r"optim\.fused=true cannot be combined with optim\.grad_clip=1\.0"),
+        (["trainer.strategy=fsdp2_tp"], r"trainer\.strategy=fsdp2_tp needs trainer\.tensor_parallel_size"),
+        (["trainer.tensor_parallel_size=2"], r"trainer\.tensor_parallel_size=2 needs trainer\.strategy=tp or fsdp2_tp"),
+        (["trainer.context_parallel_size=2", "trainer.strategy=ddp"], r"context_parallel_size=2 needs trainer\.strategy=fsdp2"),
+        (["trainer.context_parallel_size=0", "trainer.strategy=fsdp2"], r"trainer\.context_parallel_size"),
+        (["checkpoint.sharded=true"], r"checkpoint\.sharded=true needs trainer\.strategy=fsdp2 \| tp \| fsdp2_tp"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["trainer.strategy=tp", "trainer.tensor_parallel_size=2", "trainer.devices=4"],
+     r"tensor_parallel_size=2 must equal the number of processes \(4.*use trainer\.strategy=fsdp2_tp"),
+    (["trainer.strategy=fsdp2_tp", "trainer.tensor_parallel_size=3", "trainer.devices=4"],
+     r"tensor_parallel_size=3 must divide the number of processes \(4"),
+    (["trainer.strategy=fsdp2_tp", "trainer.tensor_parallel_size=2", "trainer.context_parallel_size=4", "trainer.devices=4"],
+     r"context_parallel_size=4 x trainer\.tensor_parallel_size=2 must divide the number of processes \(4"),
+])
+def test_parallel_sizes_that_do_not_fit_the_processes_name_both(overrides, message):
+    from transformer.training.trainer import build_strategy
+
+    with pytest.raises(ValueError, match=message):
+        build_strategy(load_config(None, ["trainer.accelerator=cpu", *overrides]))
 
 
 def test_missing_config_file():
