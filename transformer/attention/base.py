@@ -134,6 +134,8 @@ class AttentionLayer(nn.Module):
             start = cache.length if cache is not None else 0
             rope = self.rotary.for_range(start, s, x.device)
         q, k, v = self.project(x, memory, rope, cache)
+        if k.dtype != q.dtype:  # read back from a cache kept in another dtype (fp32 cache, FSDP2's bf16 compute)
+            k, v = k.to(q.dtype), v.to(q.dtype)
         kv_len = k.shape[-2]
         if isinstance(attention_mask, Tensor) and not cross and attention_mask.dim() == 2 and cache is not None \
                 and attention_mask.shape[1] == cache.length > kv_len:

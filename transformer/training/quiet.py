@@ -19,6 +19,8 @@ KNOWN_NOISE = (
     r".*Previous log files in this directory will be deleted",   # false: AppendingCSVLogger keeps them
     r".*`weights_only` was not set",
     r"The number of training batches .* is smaller than the logging interval",  # step-based runs log across epochs
+    # false: the LM's validation figures are sums over every process already, its timings rank 0's own
+    r"It is recommended to use `self.log\('(val/(loss|ppl|tokens)|time/\w+)', \.\.\., sync_dist=True\)`",
 )
 
 

@@ -23,6 +23,21 @@ def test_token_by_token_decode_equals_full_forward(attention_type, positional, w
 
 
 @pytest.mark.parametrize("attention_type", TYPES)
+def test_a_cache_in_another_dtype_than_the_compute_decodes(attention_type):
+    """FSDP2 under bf16-mixed computes in bf16 while the cache follows the fp32 (sharded) weights: keys and values
+    read back are cast to the queries' dtype, and decoding gives the same tokens' outputs as the full pass."""
+    layer = make(attention_type, causal=True, positional="rope").to(torch.bfloat16)
+    x = torch.randn(2, 6, 32, dtype=torch.bfloat16)
+    cache = layer.new_cache(2, 8)  # fp32 buffers
+    assert cache.buffers[0].dtype == torch.float32
+    prefill = layer(x[:, :3], cache=cache)
+    steps = [layer(x[:, t : t + 1], cache=cache) for t in range(3, 6)]
+    out = torch.cat([prefill, *steps], dim=1)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - layer(x).float()).abs().max() < 5e-2
+
+
+@pytest.mark.parametrize("attention_type", TYPES)
 def test_chunked_decode_with_left_padding(attention_type):
     layer = make(attention_type, causal=True, positional="rope")
     x = torch.randn(2, 9, 32)
