@@ -95,8 +95,9 @@ def apply_tensor_parallel(model: nn.Module, mesh) -> nn.Module:
         else:
             _reorder_rows(attn.qkv_proj, [h * d, n * d, n * d], tp)
             plan = {"attn.qkv_proj": ColwiseParallel(), "attn.out_proj": RowwiseParallel()}
-        if attn.attention_type != "mla" and attn.q_norm is not None:  # one [d] weight shared by the heads of [b, s, heads, d]: each rank's heads
-            # give part of its gradient, which SequenceParallel (inputs sharded on the head dim) sums over the ranks
+        if attn.attention_type != "mla" and attn.q_norm is not None:
+            # one [d] weight shared by the heads of [b, s, heads, d]: each rank's heads give part of its gradient,
+            # which SequenceParallel (its input sharded on the head dim) sums over the ranks
             plan["attn.q_norm"] = plan["attn.k_norm"] = SequenceParallel(sequence_dim=2, use_local_output=True)
         for name, mlp in _named_feedforwards(block):
             if mlp.gated:
