@@ -119,6 +119,19 @@ def test_context_parallel_trains_as_one_process(tmp_path, toy_corpus, strategy, 
         assert (a - b).abs().max() < 1e-5, name
 
 
+@pytest.mark.slow
+def test_compiled_tensor_parallel_trains_as_eager(tmp_path, toy_corpus):
+    """``trainer.compile=true`` over the DTensor-split blocks: the same validation losses as eager tp."""
+    common = _common(toy_corpus, tmp_path, **{"trainer.strategy": "tp", "trainer.max_steps": 6, "trainer.val_check_interval": 3,
+                                              "model.attention.type": "gqa", "model.attention.num_kv_heads": 2})
+    _train(common + ["trainer.compile=true", "name=compiled"], timeout=900)
+    _train(common + ["name=eager"])
+    [compiled] = tmp_path.glob("compiled-*")
+    [eager] = tmp_path.glob("eager-*")
+    assert _history(compiled)["val/loss"].dropna().tolist() == pytest.approx(
+        _history(eager)["val/loss"].dropna().tolist(), abs=1e-5)
+
+
 def test_a_block_size_context_parallelism_cannot_split_is_one_line(tmp_path, toy_corpus):
     proc = subprocess.run([sys.executable, str(ROOT / "train.py"), *_common(
         toy_corpus, tmp_path, **{"trainer.strategy": "fsdp2", "trainer.context_parallel_size": 2, "data.block_size": 30,
