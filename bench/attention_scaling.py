@@ -5,13 +5,16 @@
     python bench/attention_scaling.py --plot bench/attention_scaling.png     # also the time / memory plot
 
 For every (type, length): forward + backward of one layer (width 128, 4 heads of 32, batch 1, fp32, causal
-unless said) on random input, in a fresh process so the figure is that case's own. The process resets its peak
-resident memory (``/proc/self/clear_refs``, Linux) after a warm-up at that length, then times the passes and
-reports the growth of the peak over the resident size before them (MiB): activations, scores and gradients of
-that case. Rounds are interleaved (round 1 of every case, then round 2, ...) and the medians reported, with
-each type's time relative to softmax MHA at the same length and its density (keys a query scores / length).
+unless said), built and masked as a model's stack builds it, on random input, in a fresh process so the figure
+is that case's own; the measurement is ``transformer.scaling`` (the compare report's ``--scaling`` uses the same).
+The process resets its peak resident memory (``/proc/self/clear_refs``, Linux) after a warm-up at that length,
+then times the passes and reports the growth of the peak over the resident size before them (MiB): activations,
+scores and gradients of that case. Rounds are interleaved (round 1 of every case, then round 2, ...) and the
+medians reported, with each type's time relative to softmax MHA at the same length and its density (keys a
+query scores / length).
 
-Types: ``mha`` (sdpa, causal), ``window`` (sliding window 256: dense masked sdpa), ``differential``, ``linear``
+Types: ``mha`` (sdpa, causal), ``window`` (sliding window 256: banded tiles on long
+sequences), ``differential``, ``linear``
 (RetNet decay, chunks of 64), ``topk`` (k = 64; scores are dense, so lengths above 4096 are skipped: 16384² fp32
 scores alone are 1 GiB per head), ``strided`` (stride 128, block-sparse), ``neighborhood`` (bidirectional, 255
 keys, banded; against ``mha_bidir``) and ``switchhead`` (4 experts, top 2).
@@ -21,33 +24,27 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing as mp
-import re
-import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from transformer.scaling import Case, plot, scaling  # noqa: E402  (the measurement; this script only picks the cases)
+
 WIDTH, HEADS = 128, 4
+_BASE = {"embed_dim": WIDTH, "num_heads": HEADS, "num_layers": 1, "max_seq_len": 16384, "vocab_size": 256}
+_CAUSAL, _BIDIR = {**_BASE, "kind": "lm"}, {**_BASE, "kind": "encoder"}
 CASES = {
-    "mha": ("mha", {"causal": True}),
-    "mha_bidir": ("mha", {}),
-    "window": ("mha", {"causal": True, "sliding_window": 256}),
-    "differential": ("differential", {"causal": True}),
-    "linear": ("linear", {"causal": True, "linear_decay": True}),
-    "topk": ("sparse", {"causal": True, "sparse_pattern": "topk", "sparse_top_k": 64}),
-    "strided": ("sparse", {"causal": True, "sparse_pattern": "strided", "sparse_stride": 128}),
-    "neighborhood": ("neighborhood", {"neighborhood_size": 255}),
-    "switchhead": ("switchhead", {"causal": True}),
+    "mha": Case({**_CAUSAL, "attention": {"type": "mha"}}),
+    "mha_bidir": Case({**_BIDIR, "attention": {"type": "mha"}}),
+    "window": Case({**_CAUSAL, "attention": {"type": "mha", "sliding_window": 256}}),
+    "differential": Case({**_CAUSAL, "attention": {"type": "differential"}}),
+    "linear": Case({**_CAUSAL, "attention": {"type": "linear", "linear_decay": True}}),
+    "topk": Case({**_CAUSAL, "attention": {"type": "sparse", "sparse_pattern": "topk", "sparse_top_k": 64}}),
+    "strided": Case({**_CAUSAL, "attention": {"type": "sparse", "sparse_pattern": "strided", "sparse_stride": 128}}),
+    "neighborhood": Case({**_BIDIR, "attention": {"type": "neighborhood", "neighborhood_size": 255}}),
+    "switchhead": Case({**_CAUSAL, "attention": {"type": "switchhead"}}),
 }
-TOPK_MAX_LEN = 4096
-
-
-def _memory_kib() -> dict[str, int]:
-    status = open("/proc/self/status").read()
-    return {key: int(re.search(key + r":\s+(\d+)", status).group(1)) for key in ("VmRSS", "VmHWM")}
 
 
 def density(name: str, layer, length: int) -> float:
@@ -61,32 +58,6 @@ def density(name: str, layer, length: int) -> float:
     if name == "linear":
         return min(layer.chunk, length) / length
     return 1.0
-
-
-def _case(name: str, length: int, repeats: int, queue) -> None:
-    import torch
-
-    from transformer.attention import get_attention
-
-    torch.manual_seed(0)
-    attention_type, options = CASES[name]
-    layer = get_attention(attention_type, WIDTH, HEADS, **options)
-    x = torch.randn(1, length, WIDTH, requires_grad=True)
-    layer(x).sum().backward()  # warm-up: kernels, allocator pools
-    x.grad = None
-    layer.zero_grad(set_to_none=True)
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-    before = _memory_kib()["VmRSS"]
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        layer(x).sum().backward()
-        times.append(time.perf_counter() - t0)
-        x.grad = None
-        layer.zero_grad(set_to_none=True)
-    queue.put({"seconds": min(times), "peak_mib": (_memory_kib()["VmHWM"] - before) / 1024,
-               "density": density(name, layer, length)})
 
 
 def main() -> None:
@@ -103,25 +74,17 @@ def main() -> None:
     unknown = set(names) - set(CASES)
     if unknown:
         raise SystemExit(f"unknown types {sorted(unknown)}; known: {', '.join(CASES)}")
-    ctx = mp.get_context("spawn")
-    results: dict[tuple[str, int], list[dict]] = {}
-    started = time.time()
-    for round_ in range(args.rounds):
+    found = scaling({n: CASES[n] for n in names}, lengths, rounds=args.rounds, repeats=args.repeats,
+                    progress=lambda line: print(line, file=sys.stderr))
+    medians = {key: value for key, value in found.items() if "seconds" in value}
+    for (name, length), value in found.items():
+        if "skipped" in value:
+            print(f"{name} at {length}: skipped ({value['skipped']})", file=sys.stderr)
+    for name in names:
+        layer = CASES[name].build()[1]
         for length in lengths:
-            for name in names:
-                if name == "topk" and length > TOPK_MAX_LEN:
-                    continue
-                queue = ctx.Queue()
-                proc = ctx.Process(target=_case, args=(name, length, args.repeats, queue))
-                proc.start()
-                proc.join()
-                if proc.exitcode != 0:
-                    print(f"{name} at {length}: the process failed (exit {proc.exitcode})", file=sys.stderr)
-                    continue
-                results.setdefault((name, length), []).append(queue.get())
-        print(f"round {round_ + 1}/{args.rounds} done after {time.time() - started:.0f} s", file=sys.stderr)
-    medians = {key: {k: statistics.median(r[k] for r in runs) for k in ("seconds", "peak_mib", "density")}
-               for key, runs in results.items()}
+            if (name, length) in medians:
+                medians[(name, length)]["density"] = density(name, layer, length)
     print(f"# one layer, width {WIDTH}, {HEADS} heads, batch 1, fp32, forward + backward; median of {args.rounds} "
           f"interleaved rounds (fastest of {args.repeats} passes each)\n")
     print("| type | " + " | ".join(f"{n} ms" for n in lengths) + " | " + " | ".join(f"{n} MiB" for n in lengths) + " |")
@@ -148,33 +111,8 @@ def main() -> None:
     if args.json:
         Path(args.json).write_text(json.dumps({f"{k[0]}@{k[1]}": v for k, v in medians.items()}, indent=1))
     if args.plot:
-        plot(medians, names, lengths, Path(args.plot))
-
-
-def plot(medians: dict, names: list[str], lengths: list[int], path: Path) -> None:
-    """Two log-log panels, time and peak memory against length, one line per type (same colour in both)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.5))
-    for i, name in enumerate(names):
-        xs = [n for n in lengths if (name, n) in medians]
-        color = matplotlib.colormaps["tab10"](i % 10)
-        left.plot(xs, [medians[(name, n)]["seconds"] * 1e3 for n in xs], marker="o", label=name, color=color)
-        right.plot(xs, [max(medians[(name, n)]["peak_mib"], 0.1) for n in xs], marker="o", label=name, color=color)
-    for ax, label in ((left, "forward + backward (ms)"), (right, "peak memory growth (MiB)")):
-        ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
-        ax.set_xlabel("sequence length")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3, which="both")
-    left.legend(fontsize=7)
-    fig.suptitle(f"one attention layer (width {WIDTH}, {HEADS} heads, batch 1, fp32, CPU)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+        series = {name: {n: medians[(name, n)] for n in lengths if (name, n) in medians} for name in names}
+        plot(series, Path(args.plot), title=f"one attention layer (width {WIDTH}, {HEADS} heads, batch 1, fp32, CPU)")
 
 
 if __name__ == "__main__":

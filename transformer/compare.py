@@ -13,6 +13,9 @@ quality ratio to the MHA run (``ppl_MHA / ppl_run``; 1.0 = as good as MHA). MHA 
 Plots: validation loss vs step (1-based, as checkpoint names count) and vs wall time; KV-cache bytes
 vs best validation loss with the trade-off frontier, and vs mean probe accuracy where the runs were evaluated
 (``python -m transformer.evaluate`` or ``eval.tasks``: its tasks are columns too); each run has one colour in all.
+With ``--scaling 512,1024,4096``: time and peak memory of one training step of every run's attention layers at each
+length (``transformer.scaling``, as ``bench/attention_scaling.py`` measures one layer), a table and
+``attention_scaling.png``.
 Runs whose configs differ in anything besides the compared (swept) keys are flagged, naming the keys, so an unfair
 comparison is never silent.
 
@@ -26,6 +29,7 @@ W&B offline contributes its ``wandb-summary.json`` (final values; no history, so
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import statistics
@@ -273,6 +277,71 @@ def build_rows(runs: list[Run], *, measure_decode: bool = True, decode_rounds: i
         run.row["flags"] = "; ".join(run.flags + run.notes)
 
 
+def attention_scaling(runs: list[Run], lengths: list[int], *, rounds: int = 3, device: str | None = None,
+                      isolate: bool = True) -> dict[str, dict[int, dict]]:
+    """Per run and length: one training step (forward + backward) of its attention layers at batch 1, averaged
+    over the layers of its (first) stack: each distinct layer config is measured once by
+    :func:`transformer.scaling.scaling` (interleaved rounds, medians, fresh processes) and weighted by how many
+    layers use it, so a 3-local / 1-global pattern counts ¾ local and ¼ global. Lengths may exceed the trained
+    context (only the attention layers run). ``{run label: {length: {"seconds", "peak_mib"} | {"skipped": why}}}``."""
+    from .config import ModelConfig
+    from .scaling import Case, scaling
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cases, weights = {}, {}
+    for run in runs:
+        model = dict(run.config["model"])
+        cfg = ModelConfig.from_dict(model)
+        depth = cfg.stack_depths()[0]
+        distinct: dict[str, int] = {}  # layer config -> its first layer index
+        for index in range(depth):
+            options = dataclasses.asdict(cfg.layer_attention(index, depth))
+            options.pop("layer_index")
+            first = distinct.setdefault(json.dumps(options, sort_keys=True, default=str), index)
+            name = f"{run_label(run.path)}#{first}"
+            cases[name] = Case(model, first)
+            weights.setdefault(run_label(run.path), Counter())[name] += 1 / depth
+    found = scaling(cases, lengths, rounds=rounds, device=device, isolate=isolate,
+                    progress=lambda line: print(line, file=sys.stderr))
+    out: dict[str, dict[int, dict]] = {}
+    for label, parts in weights.items():
+        for length in lengths:
+            skipped = [found[(name, length)]["skipped"] for name in parts if "skipped" in found[(name, length)]]
+            out.setdefault(label, {})[length] = (
+                {"skipped": skipped[0]} if skipped else
+                {key: sum(w * found[(name, length)][key] for name, w in parts.items()) for key in ("seconds", "peak_mib")})
+    return out
+
+
+def scaling_section(series: dict[str, dict[int, dict]], lengths: list[int], out: Path, *, rounds: int) -> list[str]:
+    """The report's scaling table (Markdown lines), ``scaling.csv`` and ``attention_scaling.png``."""
+    from .scaling import plot
+
+    rows = []
+    for label, points in series.items():
+        row = {"run": label}
+        for n in lengths:
+            p = points[n]
+            row[f"ms@{n}"] = round(p["seconds"] * 1e3, 2) if "seconds" in p else math.nan
+        for n in lengths:
+            p = points[n]
+            row[f"peak_mib@{n}"] = round(p["peak_mib"], 1) if "seconds" in p else math.nan
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "scaling.csv", index=False)
+    plot({label: {n: p for n, p in points.items() if "seconds" in p} for label, points in series.items()},
+         out / "attention_scaling.png", title="attention layers: forward + backward per layer (batch 1, fp32)")
+    skipped = sorted({f"{label} at {n}: {p['skipped']}" for label, points in series.items() for n, p in points.items()
+                      if "skipped" in p})
+    return (["## Attention scaling", "", markdown_table(table), "",
+             f"- ms@N / peak_mib@N: one forward + backward of the run's attention layers on N tokens (batch 1, fp32, "
+             f"random input, the stack's own masks and RoPE), averaged over its layers; median of {rounds} interleaved "
+             "rounds, each measurement in a fresh process; peak memory is the growth of the peak over the resident "
+             "size before the pass. Lengths past the trained context are fine here: only attention layers run.", ""]
+            + [f"- skipped: {line}" for line in skipped] + (["" ] if skipped else [])
+            + ["![attention_scaling](attention_scaling.png)", ""])
+
+
 def run_colors(runs: list[Run]) -> dict[str, str]:
     """One colour per run, the same in every plot (matplotlib's tab10 / tab20 cycle, in table order)."""
     import matplotlib
@@ -411,7 +480,7 @@ def regression_report(runs: list[Run], swept: list[str], out: Path) -> Path:
 
 
 def report(paths: list[str | Path], out: str | Path | None = None, *, measure_decode: bool = True,
-           caches: list[str] | None = None) -> Path:
+           caches: list[str] | None = None, scaling_lengths: list[int] | None = None, scaling_rounds: int = 3) -> Path:
     run_dirs, swept = find_runs(paths)
     runs = order_runs([load_run(p) for p in run_dirs])
     out = Path(out) if out else (Path(paths[0]) if len(paths) == 1 and not (Path(paths[0]) / "config.yaml").is_file()
@@ -419,6 +488,8 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
     tasks = {r.config.get("task", "lm") for r in runs}
     if len(tasks) > 1:
         raise ValueError(f"these runs are of different tasks ({', '.join(sorted(tasks))}); compare runs of one task at a time")
+    if scaling_lengths and tasks == {"regression"}:
+        raise ValueError("--scaling measures the attention layers of language-model runs; these are regression runs")
     out.mkdir(parents=True, exist_ok=True)
     fairness_flags(runs, swept)
     if tasks == {"regression"}:
@@ -455,7 +526,10 @@ def report(paths: list[str | Path], out: str | Path | None = None, *, measure_de
     noted = [r for r in runs if r.notes]
     if noted:
         lines += ["## Measurement notes", ""] + [f"- **{run_label(r.path)}**: {'; '.join(r.notes)}" for r in noted] + [""]
-    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots]
+    lines += ["## Plots", ""] + [f"![{p.stem}]({p.name})" for p in plots] + [""]
+    if scaling_lengths:
+        series = attention_scaling(runs, scaling_lengths, rounds=scaling_rounds)
+        lines += scaling_section(series, scaling_lengths, out, rounds=scaling_rounds)
     (out / "report.md").write_text("\n".join(lines) + "\n")
     return out
 
@@ -474,7 +548,20 @@ def _main(argv: list[str] | None) -> int:
     parser.add_argument("--no-decode", action="store_true", help="skip measuring decode speed")
     parser.add_argument("--cache", metavar="KINDS", help="comma-separated KV cache kinds to compare as well "
                         "(paged, int8, int4): bytes per token, validation perplexity change, decode speed")
+    parser.add_argument("--scaling", metavar="LENGTHS", help="comma-separated sequence lengths (e.g. 512,1024,4096): "
+                        "time and peak memory of every run's attention layers at each, a table and attention_scaling.png")
+    parser.add_argument("--scaling-rounds", type=int, default=3, metavar="N", help="interleaved rounds for --scaling (default 3)")
     args = parser.parse_args(argv)
+    lengths = None
+    if args.scaling:
+        try:
+            lengths = [int(x) for x in args.scaling.split(",") if x.strip()]
+        except ValueError:
+            lengths = []
+        if not lengths or min(lengths) < 1:
+            parser.error(f"--scaling {args.scaling!r}: give positive whole lengths separated by commas, e.g. 512,1024,4096")
+    if args.scaling_rounds < 1:
+        parser.error(f"--scaling-rounds {args.scaling_rounds}: give at least 1")
     caches = None
     if args.cache:
         from .attention.cache_kinds import CACHE_KINDS
@@ -483,7 +570,8 @@ def _main(argv: list[str] | None) -> int:
         bad = [k for k in caches if k not in CACHE_KINDS]
         if bad or not caches:
             parser.error(f"--cache {args.cache!r}: unknown kind {', '.join(bad) or '(none)'}; choose from {', '.join(CACHE_KINDS)}")
-    out = report(args.paths, args.out, measure_decode=not args.no_decode, caches=caches)
+    out = report(args.paths, args.out, measure_decode=not args.no_decode, caches=caches, scaling_lengths=lengths,
+                 scaling_rounds=args.scaling_rounds)
     print((out / "report.md").read_text())
     print(f"report written to {out}")
     return 0

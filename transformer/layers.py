@@ -135,6 +135,15 @@ class LayerCache:
     cross_attn: CacheBase | None = None
 
 
+def self_attention(cfg: ModelConfig, *, index: int, num_layers: int, causal: bool) -> nn.Module:
+    """Layer ``index`` (0-based) of a stack of ``num_layers``: its self-attention as the block builds it (the
+    default, or this depth's pattern entry / override). Also what ``transformer.scaling`` measures."""
+    att = cfg.layer_attention(index, num_layers)
+    options = att.layer_options()
+    options.update(causal=causal, num_layers=num_layers, init_std=cfg.init_std, layer_index=index)
+    return get_attention(att.type, cfg.embed_dim, cfg.num_heads, **options)
+
+
 class TransformerBlock(nn.Module):
     """Self-attention (+ optional cross-attention) + MLP, each a residual branch; pre- or post-norm."""
 
@@ -142,10 +151,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.pre_norm = cfg.norm_position == "pre"
         self.residual_scale = cfg.residual_scale
-        att = cfg.layer_attention(index, num_layers)  # the default, or this depth's pattern entry / override
-        options = att.layer_options()
-        options.update(causal=causal, num_layers=num_layers, init_std=cfg.init_std, layer_index=index)
-        self.attn = get_attention(att.type, cfg.embed_dim, cfg.num_heads, **options)
+        self.attn = self_attention(cfg, index=index, num_layers=num_layers, causal=causal)
         self.norm1 = make_norm(cfg)
         self.cross_attn = None
         if cross_attention:  # the model's default type; no positions across two sequences, never causal

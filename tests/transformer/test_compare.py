@@ -129,7 +129,7 @@ def test_sweep_cli_grid(tmp_path, corpus):
     assert main(["--sweep-config", str(tmp_path / "nope.yaml")]) == 2
 
 
-def test_catalog_types_and_a_pattern_sweep_into_one_report(tmp_path, corpus):
+def test_catalog_types_and_a_pattern_sweep_into_one_report(tmp_path, corpus, monkeypatch):
     runs = [{"model.attention.type": "mha"},
             {"model.attention.type": "linear", "model.attention.positional": "none", "model.attention.linear_decay": True},
             {"model.attention.type": "neighborhood", "model.attention.neighborhood_size": 8},
@@ -148,3 +148,32 @@ def test_catalog_types_and_a_pattern_sweep_into_one_report(tmp_path, corpus):
         "mha+differential": (mha_bytes / 2) * 7 / 32 + mha_bytes / 2}
     assert rows["attention_flops_per_token"]["neighborhood"] == rows["attention_flops_per_token"]["mha"] / 4  # 8 of 32 keys
     assert (table["peak_train_memory_mb"] > 0).all() and (table["train_tokens_per_s"] > 0).all()
+    # --scaling: each run's attention layers per length, a pattern weighted by how many layers use each entry
+    import transformer.scaling as scaling_module
+
+    def fake_measure(case, length, **options):  # deterministic: a windowed layer costs its window, others 1000 keys
+        _, layer = case.build()
+        return {"seconds": length * (layer.sliding_window or 1000) * 1e-6, "peak_mib": float(layer.sliding_window or 1000)}
+
+    real_scaling = scaling_module.scaling
+    monkeypatch.setattr(scaling_module, "measure", fake_measure)
+    monkeypatch.setattr(scaling_module, "scaling", lambda *a, **kw: real_scaling(*a, **{**kw, "isolate": False}))
+    out = report([experiment], tmp_path / "scaled", measure_decode=False, scaling_lengths=[50, 250], scaling_rounds=2)
+    labels = pd.read_csv(out / "report.csv").set_index("attention")["run"]
+    scaled = pd.read_csv(out / "scaling.csv").set_index("run")
+    assert list(scaled.columns) == ["ms@50", "ms@250", "peak_mib@50", "peak_mib@250"]
+    assert scaled.loc[labels["mha"], "ms@250"] == 250.0  # 250 * 1000 us
+    assert scaled.loc[labels["mha+differential"], "ms@250"] == 250 * (8 + 1000) / 2 / 1000  # ½ local (window 8) + ½ global
+    assert scaled.loc[labels["mha+differential"], "peak_mib@250"] == (8 + 1000) / 2
+    text = (out / "report.md").read_text()
+    assert "## Attention scaling" in text and "![attention_scaling](attention_scaling.png)" in text
+    assert (out / "attention_scaling.png").read_bytes()[:8] == PNG
+
+
+def test_scaling_option_errors(tmp_path, capsys):
+    import transformer.compare as compare
+
+    for bad in ("512,abc", "0,64", ","):
+        with pytest.raises(SystemExit) as stop:
+            compare.main([str(tmp_path), "--scaling", bad])
+        assert stop.value.code == 2 and f"--scaling {bad!r}: give positive whole lengths" in capsys.readouterr().err
