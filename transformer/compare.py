@@ -288,8 +288,10 @@ def attention_scaling(runs: list[Run], lengths: list[int], *, rounds: int = 3, d
     from .scaling import Case, scaling
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    labels = [run_label(run.path) for run in runs]
+    labels = [label if labels.count(label) == 1 else run.path.name for label, run in zip(labels, runs)]  # unique rows
     cases, weights = {}, {}
-    for run in runs:
+    for run, label in zip(runs, labels):
         model = dict(run.config["model"])
         cfg = ModelConfig.from_dict(model)
         depth = cfg.stack_depths()[0]
@@ -298,9 +300,9 @@ def attention_scaling(runs: list[Run], lengths: list[int], *, rounds: int = 3, d
             options = dataclasses.asdict(cfg.layer_attention(index, depth))
             options.pop("layer_index")
             first = distinct.setdefault(json.dumps(options, sort_keys=True, default=str), index)
-            name = f"{run_label(run.path)}#{first}"
+            name = f"{label}#{first}"
             cases[name] = Case(model, first)
-            weights.setdefault(run_label(run.path), Counter())[name] += 1 / depth
+            weights.setdefault(label, Counter())[name] += 1 / depth
     found = scaling(cases, lengths, rounds=rounds, device=device, isolate=isolate,
                     progress=lambda line: print(line, file=sys.stderr))
     out: dict[str, dict[int, dict]] = {}
@@ -338,7 +340,7 @@ def scaling_section(series: dict[str, dict[int, dict]], lengths: list[int], out:
              f"random input, the stack's own masks and RoPE), averaged over its layers; median of {rounds} interleaved "
              "rounds, each measurement in a fresh process; peak memory is the growth of the peak over the resident "
              "size before the pass. Lengths past the trained context are fine here: only attention layers run.", ""]
-            + [f"- skipped: {line}" for line in skipped] + (["" ] if skipped else [])
+            + [f"- skipped: {line}" for line in skipped] + ([""] if skipped else [])
             + ["![attention_scaling](attention_scaling.png)", ""])
 
 

@@ -16,7 +16,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .block_sparse import TILE, banded_sdpa
+from .block_sparse import band_tile, banded_sdpa
 from .config import AttentionConfig
 from .kv_cache import CacheBase
 from .masks import AttentionMask, resolve_mask
@@ -175,18 +175,20 @@ class AttentionLayer(nn.Module):
                 or mask.documents is not None or mask.q_offset != 0 or q.shape[2] != k.shape[2]
                 or q.shape[-1] != v.shape[-1] or (self.training and self.config.dropout)):
             return False
-        return q.shape[2] >= 4 * (2 * mask.window + TILE)
+        return q.shape[2] >= 4 * (2 * mask.window + band_tile(2 * mask.window - 1))
 
     def _window_band(self, q, k, v, mask: AttentionMask) -> AttentionResult:
         """Causal: keys ``i - W < j <= i``; bidirectional: ``|i - j| < W`` — the same keys the dense mask allows."""
         s, window = q.shape[2], mask.window
-        firsts = torch.arange(-(-s // TILE), device=q.device)[None] * TILE  # [1, n]: first query of each tile
+        width = window if mask.causal else 2 * window - 1  # keys a query may see
+        tile = band_tile(width)
+        firsts = torch.arange(-(-s // tile), device=q.device)[None] * tile  # [1, n]: first query of each tile
         if mask.causal:
-            span, allow = window + TILE - 1, (lambda i, j: (j <= i) & (i - j < window))
+            span, allow = window + tile - 1, (lambda i, j: (j <= i) & (i - j < window))
         else:
-            span, allow = 2 * window + TILE - 2, (lambda i, j: (i - j).abs() < window)
+            span, allow = 2 * window + tile - 2, (lambda i, j: (i - j).abs() < window)
         with self.kernel_choice(q, mask):
-            out = banded_sdpa(q, k, v, tile=TILE, starts=firsts - (window - 1), span=span, scale=self.scale,
+            out = banded_sdpa(q, k, v, tile=tile, starts=firsts - (window - 1), span=span, scale=self.scale,
                               key_real=mask.key_padding, allow=allow)
         dispatch = "sdpa:window_band" + ("" if self.config.sdpa_kernel is None else f"[{self.config.sdpa_kernel}]")
         return AttentionResult(out, None, dispatch)

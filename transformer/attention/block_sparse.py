@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-TILE = 32  # queries per band tile: each scores span = band + TILE - 1 keys (small tiles waste little, large ones batch better)
+def band_tile(width: int) -> int:
+    """Queries per tile for a band ``width`` keys wide: each tile scores ``width + tile - 1`` keys, so small tiles
+    waste few scores but make many small kernel calls and gather each key ``(width + tile - 1) / tile`` times.
+    Half the band, rounded up to a power of two, within 32...256, was fastest at every band measured (CPU, fp32,
+    forward + backward at 8192 tokens, bands 15...1023; ``bench/RESULTS.md``, issue 17): 1.4-2.1x a fixed 32 at
+    bands of 255-1023, within noise below 64."""
+    return min(256, max(32, 1 << max(width - 1, 1).bit_length() - 1))
+
+
 
 
 class Partial(NamedTuple):

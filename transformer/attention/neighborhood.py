@@ -10,9 +10,10 @@ so every position gets the same amount of context. The causal variant (NATTEN's 
 the ``w - 1`` keys before it, clamped at the start, which is a causal sliding window of ``w``; it runs through the
 standard window mask, and its KV cache is the rolling window cache.
 
-A full bidirectional sequence runs banded (``block_sparse.band``: each tile of 32 queries scores the
-``w + 31`` keys its windows span, in one fused softmax-attention call), so cost is ``O(n w)``. Right padding counts: ``n`` is each row's real length, so the window shifts inward
-at the real end too.
+A full bidirectional sequence runs banded (``block_sparse.banded_sdpa``: each tile of t queries, t from
+``band_tile(w)``, scores the ``w + t - 1`` keys its windows span, in one fused softmax-attention call), so cost
+is ``O(n w)``. Right padding counts: ``n`` is each row's real length, so the window shifts inward at the real
+end too.
 
 Shape legend: b batch, h heads, n_kv key/value heads, g = h / n_kv, s sequence, d head width.
 """
@@ -22,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .block_sparse import TILE, banded_sdpa
+from .block_sparse import band_tile, banded_sdpa
 from .config import AttentionConfig
 from .gqa import GroupQueryAttention
 from .masks import AttentionMask
@@ -76,10 +77,11 @@ class NeighborhoodAttention(GroupQueryAttention):
         if s == L and not need_weights and not (self.training and self.config.dropout) and (mask is None or mask.documents is None):
             # Window starts never decrease along the sequence, so a tile of t queries needs the w + t - 1 keys from
             # its first query's start: (w + t - 1) scores per query instead of s.
-            firsts = torch.arange(-(-s // TILE), device=q.device)[None] * TILE  # [1, n]
+            tile = band_tile(self.size)
+            firsts = torch.arange(-(-s // tile), device=q.device)[None] * tile  # [1, n]
             starts = neighborhood_start(firsts, self.size, length[:, None])  # [b|1, n]
             with self.kernel_choice(q, mask):
-                out = banded_sdpa(q, k, v, tile=TILE, starts=starts, span=self.size + TILE - 1, scale=self.scale, key_real=padding,
+                out = banded_sdpa(q, k, v, tile=tile, starts=starts, span=self.size + tile - 1, scale=self.scale, key_real=padding,
                                   allow=lambda i, j: self.allowed(i, j, length.view(-1, 1, 1, 1)))
             return AttentionResult(out, None, "neighborhood:banded")
         q_pos = torch.arange(s, device=q.device)[:, None]

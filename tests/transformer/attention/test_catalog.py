@@ -445,3 +445,26 @@ def test_a_long_sequence_with_a_sliding_window_runs_banded_with_the_dense_result
     short = get_attention("gqa", D, H, causal=causal, sliding_window=6)
     short(x[:, :40])
     assert short.last_dispatch == "sdpa:bool_mask"  # a short sequence keeps the dense masked kernel
+
+
+def test_bands_wider_than_a_tile_of_32_run_in_larger_tiles_with_the_dense_result():
+    from transformer.attention.block_sparse import band_tile
+
+    assert [band_tile(w) for w in (5, 63, 65, 255, 256, 1023)] == [32, 32, 64, 128, 128, 256]
+    torch.manual_seed(8)
+    layer = get_attention("neighborhood", D, H, neighborhood_size=100).eval()  # tiles of 64: 5 tiles over 300
+    x = torch.randn(2, 300, D)
+    padding = torch.ones(2, 300, dtype=torch.long)
+    padding[1, 230:] = 0
+    out = layer(x, attention_mask=padding)
+    assert layer.last_dispatch == "neighborhood:banded"
+    ref = dense_gqa(layer, x, neighborhood_allowed(300, 100, [300, 230]), H)
+    assert_close(out[0], ref[0])
+    assert_close(out[1, :230], ref[1, :230])
+    for causal in (True, False):  # a band of 70 (causal) / 139 (bidirectional): tiles of 64 / 128
+        window = get_attention("gqa", D, H, num_kv_heads=2, causal=causal, sliding_window=70).eval()
+        dense = get_attention("gqa", D, H, num_kv_heads=2, causal=causal, sliding_window=70, backend="eager").eval()
+        dense.load_state_dict(window.state_dict())
+        x = torch.randn(1, 1100, D)
+        assert_close(window(x), dense(x))
+        assert window.last_dispatch == "sdpa:window_band"
