@@ -15,6 +15,15 @@ down       ``mlp.w_out``               ``mlp.down_proj`` / ``mlp.c_proj``
 lm_head    ``head``                    ``lm_head``
 =========  ==========================  =============================================
 
+Attention types without a fused ``[q|k|v]`` projection map the same names onto their own projections:
+
+* MLA (DeepSeek-V2): ``q`` the query projection(s) (``q_proj``, or ``q_down`` and ``q_up`` with a query latent,
+  as ``peft`` targets ``q_a_proj`` / ``q_b_proj``), ``k`` or ``v`` the key/value path ``kv_down`` and ``kv_up``
+  (keys and values come from one shared latent, so either name adapts both projections whole, as ``peft`` would
+  target ``kv_a_proj_with_mqa`` / ``kv_b_proj``), ``o`` ``out_proj``.
+* SwitchHead: ``q`` and ``k`` the segments of ``qk_proj``, ``v`` the value experts, ``o`` the output experts
+  (the routers stay frozen).
+
 After :func:`apply_adapters` only adapter parameters require gradients, and the fused fast paths of
 ``fused_ops`` (which read ``weight`` directly) no longer apply to the adapted modules: they check for a
 plain ``nn.Linear`` and otherwise call the module, so an adapter is never bypassed.
@@ -62,6 +71,14 @@ def segments_of(path: str, module: nn.Linear, model: nn.Module) -> list[tuple[st
         return [("down", module.out_features)]
     if path == "head":
         return [("lm_head", module.out_features)]
+    if hasattr(parent, "kv_lora_rank"):  # MLA
+        name = {"q_proj": "q", "q_down": "q", "q_up": "q", "kv_down": "kv", "kv_up": "kv", "out_proj": "o"}.get(leaf)
+        return None if name is None else [(name, module.out_features)]
+    if hasattr(parent, "v_experts"):  # SwitchHead
+        if leaf == "qk_proj":
+            return [("q", module.out_features // 2), ("k", module.out_features // 2)]
+        name = {"v_experts": "v", "out_experts": "o"}.get(leaf)
+        return None if name is None else [(name, module.out_features)]
     return None
 
 
@@ -76,7 +93,20 @@ def _wanted(segments: list[tuple[str, int]], targets: list[str]) -> list[str]:
         return ["qkv"]
     if "gate_up" in targets and names == ["gate", "up"]:
         return ["gate_up"]
+    if names == ["kv"]:  # MLA's shared key/value latent path: k or v adapts it
+        return ["kv"] if {"k", "v"} & set(targets) else []
     return [n for n in names if n in targets]
+
+
+def _replace_module(model: nn.Module, path: str, new: nn.Module) -> None:
+    """Put ``new`` at ``path``, and under every other name its parent gives the same module (SwitchHead's
+    ``out_proj`` is its ``out_experts``): a stale alias would keep running, and saving, the old weights."""
+    parent_path, _, leaf = path.rpartition(".")
+    parent = model.get_submodule(parent_path) if parent_path else model
+    old = getattr(parent, leaf)
+    for name, child in list(parent._modules.items()):
+        if child is old:
+            setattr(parent, name, new)
 
 
 def apply_adapters(model: nn.Module, cfg: FinetuneConfig) -> AdapterReport:
@@ -102,7 +132,8 @@ def apply_adapters(model: nn.Module, cfg: FinetuneConfig) -> AdapterReport:
             continue
         names = [n for n, _ in segments]
         available.update(names)
-        available.update({"qkv"} if names == ["q", "k", "v"] else {"gate_up"} if names == ["gate", "up"] else set())
+        available.update({"qkv"} if names == ["q", "k", "v"] else {"gate_up"} if names == ["gate", "up"] else
+                         {"k", "v"} if names == ["kv"] else set())
         block = _block_index(path)
         wanted = _wanted(segments, cfg.targets)
         if layers is not None and block is not None and block not in layers:
@@ -131,8 +162,7 @@ def apply_adapters(model: nn.Module, cfg: FinetuneConfig) -> AdapterReport:
             segments = [(wanted[0], module.out_features)]
         adapted = AdaptedLinear(module, segments, wanted, r=cfg.r, alpha=cfg.alpha, dropout=cfg.dropout,
                                 dora=cfg.method == "dora")
-        parent_path, _, leaf = path.rpartition(".")
-        setattr(model.get_submodule(parent_path) if parent_path else model, leaf, adapted)
+        _replace_module(model, path, adapted)
         if wanted:
             report.modules.append(f"{path}[{','.join(wanted)}]")
     seen = set()
@@ -161,8 +191,7 @@ def merge_adapters(model: nn.Module) -> nn.Module:
             merged.weight.copy_(adapted.merged_weight())
             if base.bias is not None:
                 merged.bias.copy_(base.bias)
-        parent_path, _, leaf = path.rpartition(".")
-        setattr(model.get_submodule(parent_path) if parent_path else model, leaf, merged)
+        _replace_module(model, path, merged)
     for path, module in model.named_modules():
         if isinstance(module, nn.Linear) and is_quantized(module.weight):
             from .quant import dequantize
