@@ -13,11 +13,11 @@ scores and gradients of that case. Rounds are interleaved (round 1 of every case
 medians reported, with each type's time relative to softmax MHA at the same length and its density (keys a
 query scores / length).
 
-Types: ``mha`` (sdpa, causal), ``window`` (sliding window 256: banded tiles on long
-sequences), ``differential``, ``linear``
-(RetNet decay, chunks of 64), ``topk`` (k = 64; scores are dense, so lengths above 4096 are skipped: 16384² fp32
-scores alone are 1 GiB per head), ``strided`` (stride 128, block-sparse), ``neighborhood`` (bidirectional, 255
-keys, banded; against ``mha_bidir``) and ``switchhead`` (4 experts, top 2).
+Types: ``mha`` (sdpa, causal), ``window`` (sliding window 256: banded tiles on long sequences), ``differential``,
+``linear`` (RetNet decay, chunks of 64), ``topk`` (k = 64; its scores are dense, so a length where they pass
+``transformer.scaling.DENSE_SCORE_LIMIT`` (1 GiB: 16384 with 4 heads) is skipped), ``strided`` (stride 128,
+block-sparse), ``neighborhood`` (bidirectional, 255 keys, banded; against ``mha_bidir``) and ``switchhead``
+(4 experts, top 2).
 """
 
 from __future__ import annotations
