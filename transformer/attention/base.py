@@ -175,7 +175,8 @@ class AttentionLayer(nn.Module):
                 or mask.documents is not None or mask.q_offset != 0 or q.shape[2] != k.shape[2]
                 or q.shape[-1] != v.shape[-1] or (self.training and self.config.dropout)):
             return False
-        return q.shape[2] >= 4 * (2 * mask.window + band_tile(2 * mask.window - 1))
+        width = mask.window if mask.causal else 2 * mask.window - 1  # keys a query may see
+        return q.shape[2] >= 4 * (2 * mask.window + band_tile(width))
 
     def _window_band(self, q, k, v, mask: AttentionMask) -> AttentionResult:
         """Causal: keys ``i - W < j <= i``; bidirectional: ``|i - j| < W`` — the same keys the dense mask allows."""
