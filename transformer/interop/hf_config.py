@@ -155,6 +155,10 @@ def family_of(cfg: ModelConfig) -> str:
                          "families exported here (llama, mistral, qwen2/3, phi3, gpt2, bert) give every layer the same "
                          "attention, so it has no Hugging Face equivalent: keep the toolkit checkpoint or export without --hf")
     att = cfg.attention
+    if att.type not in ("mha", "mqa", "gqa"):  # the one reason that matters; the per-family list would bury it
+        raise ValueError(f"model.attention.type={att.type!r} has no Hugging Face equivalent among the families exported "
+                         f"here (llama, mistral, qwen2/3, phi3, gpt2, bert: MHA / MQA / GQA attention); keep the toolkit "
+                         f"checkpoint, or export without --hf (adapters: merge them with --merge)")
     llama = dict(kind="lm", norm="rmsnorm", mlp="swiglu", position="none", norm_position="pre", positional="rope",
                  type_in=("mha", "mqa", "gqa"), rope_fraction=1.0, qk_norm=False)
     checks = {

@@ -155,7 +155,7 @@ def test_export_refuses_to_overwrite_and_names_unsupported_shapes(tmp_path):
         export_hf(model, tmp_path)
     assert (tmp_path / "keep.txt").read_text() == "user data"
     mla = build_model(ModelConfig(vocab_size=50, embed_dim=32, num_heads=4, num_layers=1, attention={"type": "mla"}))
-    with pytest.raises(ValueError, match="no Hugging Face equivalent.*attention.type='mla'"):
+    with pytest.raises(ValueError, match="model.attention.type='mla' has no Hugging Face equivalent"):
         export_hf(mla, tmp_path / "mla")
     hybrid = build_model(ModelConfig(vocab_size=50, embed_dim=32, num_heads=4, num_layers=2, norm="rmsnorm", mlp="swiglu",
                                      attention={"positional": "rope"}, attention_layers={1: {"sliding_window": 4}}))
