@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing as mp
-import queue as queue_module
+import queue
 import re
 import statistics
 import time
@@ -117,11 +117,11 @@ def measure(case: Case, length: int, *, batch: int = 1, repeats: int = 2, device
     return {"seconds": min(times), "peak_mib": peak}
 
 
-def _child(case: Case, length: int, options: dict, queue) -> None:
+def _child(case: Case, length: int, options: dict, results) -> None:
     try:
-        queue.put(measure(case, length, **options))
+        results.put(measure(case, length, **options))
     except Exception as err:  # reported by the parent as the case's reason for being skipped
-        queue.put({"error": f"{type(err).__name__}: {err}".splitlines()[0]})
+        results.put({"error": f"{type(err).__name__}: {err}".splitlines()[0]})
 
 
 def _result_of(proc, results) -> dict | None:
@@ -129,11 +129,11 @@ def _result_of(proc, results) -> dict | None:
     while True:
         try:
             return results.get(timeout=0.5)
-        except queue_module.Empty:
+        except queue.Empty:
             if not proc.is_alive():
                 try:
                     return results.get(timeout=1.0)  # its last put may still be in the pipe
-                except queue_module.Empty:
+                except queue.Empty:
                     return None
 
 
@@ -160,10 +160,10 @@ def scaling(cases: dict[str, Case], lengths: list[int], *, rounds: int = 3, repe
                 if not isolate:
                     runs.setdefault((name, length), []).append(measure(case, length, **options))
                     continue
-                queue = ctx.Queue()
-                proc = ctx.Process(target=_child, args=(case, length, options, queue))
+                results = ctx.Queue()
+                proc = ctx.Process(target=_child, args=(case, length, options, results))
                 proc.start()
-                result = _result_of(proc, queue)
+                result = _result_of(proc, results)
                 proc.join()
                 if result is None or "error" in result:
                     skipped[(name, length)] = (result["error"] if result else
