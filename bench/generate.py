@@ -3,6 +3,7 @@
     python bench/generate.py                          # parts 1-3 at the default (small) sizes
     python bench/generate.py --new-tokens 128 --rounds 7
     python bench/generate.py --only real              # part 4 only: SmolLM-135M's shape vs transformers
+    python bench/generate.py --only real --step-profile   # ... and where one decode step's time goes
 
 Part 1 — attention types x cache kinds at the same width (Llama-style blocks: RoPE, RMSNorm, SwiGLU): greedy
 **decode** tokens/s (the prefill excluded: ``batch * (n - 1) / (t(n new tokens) - t(1 new token))``, both through
@@ -293,6 +294,8 @@ def part_real_size(args) -> None:
               f"{rate['ours'] / rate['hf']:.2f} | {achieved / 1e9:.2f} | {achieved / bandwidth:.0%} | {same} |")
     if args.compiled_step:
         compiled_step(ours32.to(torch.float32), prompt)
+    if args.step_profile:
+        step_profile(ours32.to(torch.float32), hf32.to(torch.float32), prompt, args.rounds)
 
 
 def compiled_step(model, prompt) -> None:
@@ -316,6 +319,71 @@ def compiled_step(model, prompt) -> None:
           f"({times['eager'] / times['compiled']:.2f}x) after {compile_s:.0f} s of compiling and first steps")
 
 
+def step_profile(model, hf, prompt, rounds: int) -> None:
+    """One-token decode steps at the prompt's cache length, toolkit vs ``transformers`` (interleaved rounds of 10
+    steps, medians); the same step's matrix-vector products called bare; and how fast one 3072 x 576 weight
+    streams through ``F.linear`` in fp32 and bf16 and through oneDNN's linear (40 distinct weights, out of cache)."""
+    import warnings
+
+    import torch.nn.functional as F
+    from transformers import DynamicCache
+
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        caches = model.new_caches(1, prompt.shape[1] + 32 * rounds)
+        model(prompt, caches=caches, num_logits=1)
+        hf_cache = DynamicCache(config=hf.config)
+        hf(prompt, past_key_values=hf_cache, use_cache=True, logits_to_keep=1)
+        token, position = prompt[:, -1:], [prompt.shape[1]]
+
+        def ours():
+            model(token, caches=caches, num_logits=1)
+
+        def theirs():
+            hf(token, past_key_values=hf_cache, use_cache=True, logits_to_keep=1, cache_position=torch.tensor(position))
+            position[0] += 1
+
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        inputs = {id(m): torch.randn(1, 1, m.in_features) for m in linears}
+
+        def bare():
+            for m in linears:
+                F.linear(inputs[id(m)], m.weight)
+
+        times = {"ours": [], "hf": [], "bare": []}
+        for _ in range(rounds):
+            for name, fn in (("ours", ours), ("hf", theirs), ("bare", bare)):
+                t0 = time.perf_counter()
+                for _ in range(10):
+                    fn()
+                times[name].append((time.perf_counter() - t0) / 10)
+        ms = {name: statistics.median(t) * 1e3 for name, t in times.items()}
+        kernels = {}  # name -> (one call on a weight, the weights it streams)
+        for dtype in (torch.float32, torch.bfloat16):
+            weights = [torch.randn(3072, 576, dtype=dtype) for _ in range(40)]
+            x = torch.randn(1, 1, 576, dtype=dtype)  # a decode step's shape
+            tag = str(dtype).removeprefix("torch.")
+            kernels[f"F.linear {tag}"] = ((lambda x: lambda w: F.linear(x, w))(x), weights)
+            if dtype == torch.bfloat16 and hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+                kernels[f"oneDNN {tag}"] = ((lambda x: lambda w: torch.ops.mkldnn._linear_pointwise(x, w, None, "none", [], ""))(x[0]),
+                                            weights)
+        streamed = {name: [] for name in kernels}
+        for _ in range(rounds):  # interleaved: a machine that slows down slows every kernel alike
+            for name, (fn, weights) in kernels.items():
+                fn(weights[0])
+                t0 = time.perf_counter()
+                for _ in range(3):
+                    for w in weights:
+                        fn(w)
+                streamed[name].append(weights[0].numel() * weights[0].element_size() * 3 * len(weights) / (time.perf_counter() - t0))
+        rates = {name: statistics.median(v) / 1e9 for name, v in streamed.items()}
+    print(f"\nfp32 decode step at {prompt.shape[1]}+ cached tokens (median of {rounds} interleaved rounds of 10 steps): "
+          f"toolkit {ms['ours']:.1f} ms, transformers {ms['hf']:.1f} ms; the toolkit's {len(linears)} matrix-vector "
+          f"products called bare {ms['bare']:.1f} ms")
+    print(f"weight streaming of 3072 x 576 matrix-vector products (40 distinct weights, median of {rounds} rounds): " +
+          ", ".join(f"{name} {gbs:.1f} GB/s" for name, gbs in rates.items()))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--width", type=int, default=256)
@@ -329,6 +397,8 @@ def main() -> None:
     parser.add_argument("--prefill-batch", type=int, default=4, help="part 2: prompts in the prefill memory case")
     parser.add_argument("--real-new-tokens", type=int, default=24, help="part 4: new tokens per run")
     parser.add_argument("--compiled-step", action="store_true", help="part 4: also time a torch.compile'd decode step")
+    parser.add_argument("--step-profile", action="store_true", help="part 4: where one fp32 decode step's time goes "
+                        "(toolkit vs transformers, the bare matrix-vector products, fp32 / bf16 kernel streaming rates)")
     parser.add_argument("--only", choices=("types", "prefill", "paged", "hf", "real"), action="append",
                         help="run only these parts (repeatable); default: types, prefill, paged, hf (--only real: part 4)")
     args = parser.parse_args()

@@ -23,9 +23,9 @@ from torch import Tensor
 def band_tile(width: int) -> int:
     """Queries per tile for a band ``width`` keys wide: each tile scores ``width + tile - 1`` keys, so small tiles
     waste few scores but make many small kernel calls and gather each key ``(width + tile - 1) / tile`` times.
-    Half the band, rounded up to a power of two, within 32...256, was the fastest tile or within 11% of it at every
-    band measured (CPU, fp32, forward + backward at 8192 tokens, bands 15...1023; ``bench/RESULTS.md``, issue 17):
-    1.3-2.1x faster than a fixed 32 at bands of 127-1023, the same below 64."""
+    Half the band, rounded up to a power of two, within 32...256, was the fastest tile or within 12% of it at every
+    band measured (``python bench/band_tile.py``: CPU, fp32, forward + backward at 8192 tokens, bands 15...1023;
+    ``bench/RESULTS.md``, issue 17): 1.5-3.3x faster than a fixed 32 at bands of 127-1023."""
     return min(256, max(32, 1 << max(width - 1, 1).bit_length() - 1))
 
 
