@@ -365,6 +365,19 @@ class TabularRows(Dataset):
         return torch.from_numpy(self.x[i]), torch.from_numpy(self.cats[i]), torch.from_numpy(self.y[i])
 
 
+class IndexedRows(Dataset):
+    """Rows of a :class:`TabularRows` with their index: ``(x, cats, y, i)``, for models that retrieve training rows."""
+
+    def __init__(self, rows: TabularRows) -> None:
+        self.rows = rows
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int):
+        return (*self.rows[i], i)
+
+
 @dataclass
 class Preprocessing:
     """Everything fitted on the training split that prediction needs again (stored in checkpoints)."""

@@ -28,6 +28,7 @@ from transformer.layers import make_norm, pool
 
 from .config import RegressorConfig
 from .numeric_embeddings import numeric_embedding
+from .retrieval import NeighbourContext
 from .window_norm import WindowNorm
 
 
@@ -164,6 +165,7 @@ class TabularRegressor(nn.Module):
         if cfg.attention.positional != "none" or cfg.position != "none":
             raise ValueError("tabular features are a set, not a sequence: use model.position=none and "
                              "model.attention.positional=none (each feature has its own embedding)")
+        tokens += 1 if r.neighbours else 0  # the retrieved context's token
         if tokens > cfg.max_seq_len:
             raise ValueError(f"{tokens} feature tokens exceed model.max_seq_len={cfg.max_seq_len}")
         self.numeric = numeric_embedding(r.numeric_embedding, num_features, D, std=cfg.init_std, frequencies=r.num_frequencies,
@@ -174,18 +176,29 @@ class TabularRegressor(nn.Module):
         self.norm = make_norm(cfg) if cfg.norm_position == "post" else nn.Identity()
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets))
         self.skip = nn.Linear(num_features, num_targets) if r.linear_skip and num_features else None  # None: off
+        self.retrieval = (NeighbourContext(D, num_targets, num_features, len(cardinalities or []), neighbours=r.neighbours,
+                                           dropout=cfg.dropout) if r.neighbours else None)
         if self.skip is not None:  # start at the skip's ridge fit (linear_init.py); the transformer learns the rest
             _zero(self.head[-1], self.skip)
         self._register_load_state_dict_pre_hook(_old_tabular_keys)
 
-    def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
-                return_aux: bool = False):
-        """``x`` ``[b, F]``, ``cats`` ``[b, C]`` -> ``[b, T]`` (with ``return_aux``: also the MoE aux loss)."""
-        tokens = [self.cls.expand(x.shape[0], -1, -1)]  # [b, 1, D]
+    def feature_tokens(self, x: Tensor, cats: Tensor | None) -> Tensor:
+        """``x`` ``[b, F]``, ``cats`` ``[b, C]`` -> ``[b, F + C, D]``."""
+        tokens = []
         if self.numeric is not None:
             tokens.append(self.numeric(x))  # [b, F, D]
         if self.categorical is not None and cats is not None and cats.shape[-1]:
             tokens.append(self.categorical(cats))  # [b, C, D]
+        return torch.cat(tokens, dim=1)
+
+    def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
+                return_aux: bool = False, rows: Tensor | None = None):
+        """``x`` ``[b, F]``, ``cats`` ``[b, C]`` -> ``[b, T]`` (with ``return_aux``: also the MoE aux loss); ``rows``
+        ``[b]``: in training with ``regressor.neighbours``, each row's index in the training split."""
+        features = self.feature_tokens(x, cats)  # [b, R, D]
+        tokens = [self.cls.expand(x.shape[0], -1, -1), features]  # CLS [b, 1, D] first
+        if self.retrieval is not None:  # the nearest training rows' targets, as one more token
+            tokens.insert(1, self.retrieval(features, self.feature_tokens, rows)[:, None])
         out = self.encoder(torch.cat(tokens, dim=1))
         pred = self.head(self.norm(out.hidden[:, 0]))
         if self.skip is not None:

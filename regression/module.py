@@ -95,8 +95,8 @@ class RegressionModule(TrainingModule):
         return self.pre.target_scaler.inverse(scaled.reshape(-1, self.horizon_steps, T).double()).reshape(scaled.shape[0], -1)
 
     def training_step(self, batch, batch_idx):
-        x, cats, y = batch
-        pred, aux = self.model(x, cats, return_aux=True)
+        x, cats, y, *rows = batch  # rows: the training rows' indices, for a model that retrieves them
+        pred, aux = self.model(x, cats, return_aux=True, **({"rows": rows[0]} if rows else {}))
         loss = self._loss(pred, y)
         self.log("train/loss", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         if aux is not None:  # MoE load-balancing loss, weighted as in language-model runs

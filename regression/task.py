@@ -113,6 +113,11 @@ class RegressionTask(Task):
         model = regressor_for_run(cfg, pre)
         if isinstance(getattr(model, "numeric", None), PiecewiseLinearEmbedding):  # bins from the training split
             model.numeric.fit_edges(data.train.x)
+        if getattr(model, "retrieval", None) is not None:  # the rows it retrieves: the training split
+            model.retrieval.fit_candidates(data.train.x, data.train.cats, data.train.y)
+            self.notes.append(f"each row retrieves its {cfg.regressor.neighbours} nearest of {len(data.train):,} "
+                              f"training rows (regressor.neighbours)")
+            self._candidates = data.train
         module = RegressionModule(model, pre, cfg.head, cfg.optim, max_steps=cfg.trainer.max_steps,
                                   horizon_steps=cfg.data.horizon_steps, compile=cfg.trainer.compile,
                                   moe_aux_loss_weight=cfg.model.moe_aux_loss_weight)
@@ -148,8 +153,12 @@ class RegressionTask(Task):
     def init_weights(self, module, cfg: RegressionRunConfig, resume=None):
         from transformer.training.weights import load_weights
 
-        return load_weights(module.model, cfg.init_from, key_map={"decoder.": "encoder."}, strict=cfg.init_strict,
-                            freeze=cfg.init_freeze)
+        report = load_weights(module.model, cfg.init_from, key_map={"decoder.": "encoder."}, strict=cfg.init_strict,
+                              freeze=cfg.init_freeze)
+        if getattr(module.model, "retrieval", None) is not None:  # this run's training rows, not the source run's
+            train = self._candidates
+            module.model.retrieval.fit_candidates(train.x, train.cats, train.y)
+        return report
 
     def checkpoint_extras(self, cfg: RegressionRunConfig, data) -> dict:
         return {K.RUN_CONFIG: to_container(cfg), K.DATA_FINGERPRINT: data.fingerprint}
@@ -201,6 +210,8 @@ def _loaders(data, cfg: RegressionRunConfig, rank: int, world: int):
 
     from transformer.data.datamodule import ShardSampler
 
+    from .data import IndexedRows
+
     g = torch.Generator().manual_seed(cfg.seed)
     if world > 1:
         train_sampler = DistributedSampler(data.train, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed, drop_last=True)
@@ -208,7 +219,9 @@ def _loaders(data, cfg: RegressionRunConfig, rank: int, world: int):
         train_sampler = RandomSampler(data.train, generator=g)
     make = lambda ds, sampler: DataLoader(ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                                           generator=torch.Generator().manual_seed(cfg.seed))
-    train = make(data.train, train_sampler)
+    # a model that retrieves training rows needs each training row's index, so it does not retrieve itself
+    indexed = cfg.data.kind == "tabular" and cfg.regressor.neighbours
+    train = make(IndexedRows(data.train) if indexed else data.train, train_sampler)
     val = make(data.val, ShardSampler(len(data.val), rank=rank, world_size=world))
     test = make(data.test, ShardSampler(len(data.test), rank=rank, world_size=world)) if data.test is not None else None
     return train, val, test
