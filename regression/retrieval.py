@@ -73,6 +73,7 @@ class NeighbourContext(nn.Module):
         self._cache = None
 
     def _resize_candidates(self, state_dict, prefix, *args) -> None:
+        self._cache = None  # loaded weights or candidates: the cached search keys are of others
         for name in ("candidate_x", "candidate_cats", "candidate_y"):
             stored = state_dict.get(prefix + name)
             if stored is not None and stored.shape != getattr(self, name).shape and stored.shape[1:] == getattr(self, name).shape[1:]:

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["nile", "macrodata", "grunfeld", "fair"])
+@pytest.mark.parametrize("name", ["nile", "macrodata", "grunfeld", "fair", "randhie"])
 def test_shipped_configs_stay_near_the_best_baseline_on_real_data(tmp_path, name):
     out = tmp_path / "rows.json"
     subprocess.run([sys.executable, "bench/regression_real.py", "--only", name, "--json", str(out)], cwd=ROOT, check=True,
