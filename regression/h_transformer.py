@@ -189,7 +189,7 @@ class TabularRegressor(nn.Module):
             tokens.append(self.numeric(x))  # [b, F, D]
         if self.categorical is not None and cats is not None and cats.shape[-1]:
             tokens.append(self.categorical(cats))  # [b, C, D]
-        return torch.cat(tokens, dim=1)
+        return torch.cat(tokens, dim=1) if tokens else x.new_zeros(x.shape[0], 0, self.cls.shape[-1])
 
     def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
                 return_aux: bool = False, rows: Tensor | None = None):
