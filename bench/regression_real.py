@@ -82,8 +82,22 @@ def _frames() -> dict:
         return d.sort_values("date")[["date", "temperature"]], "sequence", [
             "data.target_columns=[temperature]", "data.feature_columns=[]", "data.time_column=date", "data.series_column=null"]
 
+    # three small tables without repeated rows (retrieval auto stays off on them)
+    def engel():  # household food expenditure from income (Engel 1857), 235 rows
+        return sm.datasets.engel.load_pandas().data, "tabular", ["data.target_columns=[foodexp]", "data.feature_columns=[income]"]
+
+    def anes96():  # log population of the respondent's place, from the 1996 election survey's other answers, 944 rows
+        d = sm.datasets.anes96.load_pandas().data.astype(np.float64)
+        features = [c for c in d.columns if c not in ("logpopul", "popul")]
+        return d, "tabular", ["data.target_columns=[logpopul]", f"data.feature_columns=[{','.join(features)}]"]
+
+    def star98():  # California schools' math test passes from their characteristics, 303 rows
+        d = sm.datasets.star98.load_pandas().data.astype(np.float64)
+        features = [c for c in d.columns if c not in ("NABOVE", "NBELOW")]
+        return d, "tabular", ["data.target_columns=[NABOVE]", f"data.feature_columns=[{','.join(features)}]"]
+
     return {"macrodata": macrodata, "nile": nile, "grunfeld": grunfeld, "fair": fair, "randhie": randhie,
-            "co2": co2, "sunspots": sunspots, "elnino": elnino}
+            "co2": co2, "sunspots": sunspots, "elnino": elnino, "engel": engel, "anes96": anes96, "star98": star98}
 
 
 CONFIGS = {"sequence": "configs/regression/csv_timeseries.yaml", "tabular": "configs/regression/csv_tabular.yaml"}

@@ -183,10 +183,15 @@ class RegressorConfig:
     """``periodic``: frequencies per feature and the std of their initialisation (on standardised inputs)."""
     ple_bins: int = 16
     """``ple``: quantile bins per feature (fewer where a feature has fewer distinct training values)."""
-    neighbours: int = 0
-    """``tabular``, TabR (Gorishniy et al. 2024): each row retrieves this many nearest training rows (in a learned key
-    space) and reads their targets as one more token (``retrieval.py``); 0: off. The training rows are stored in
-    the model (checkpoints grow with the training split)."""
+    retrieval: bool | None = None
+    """``tabular``, TabR (Gorishniy et al. 2024): each row retrieves its ``neighbours`` nearest training rows (in a
+    learned key space) and reads their targets as one more token (``retrieval.py``). ``None`` (auto): on when at least half
+    the training rows repeat another training row's features exactly (a panel: the same unit in several rows), where
+    it was measured to help (randhie 1.034 -> 0.983 of the best baseline); off otherwise, where it was measured to cost
+    (fair, engel, anes96: bench/RESULTS.md). The run says which and why; a model built outside a run has none. The
+    training rows are stored in the model (checkpoints grow with the training split)."""
+    neighbours: int = 32
+    """``retrieval``: training rows each row reads."""
 
     def __post_init__(self) -> None:
         choice("regressor.window_norm", self.window_norm, WINDOW_NORMS)
@@ -197,7 +202,7 @@ class RegressorConfig:
             if not self.patch_len:
                 raise ValueError("regressor.patch_stride needs regressor.patch_len (the patch size)")
         positive_fields("regressor", self, ("num_frequencies", "ple_bins"))
-        in_range("regressor.neighbours", self.neighbours, 0)
+        positive_fields("regressor", self, ("neighbours",))
         in_range("regressor.frequency_scale", self.frequency_scale, 0.0, low_open=True)
 
 
@@ -229,9 +234,9 @@ class RegressionRunConfig(RunCommon):
         if self.trainer.peak_flops is not None:
             raise ValueError("trainer.peak_flops is for the MFU metric of language-model runs; regression runs report "
                              "no MFU: remove the key")
-        if self.data.kind == "sequence" and self.regressor.neighbours:
-            raise ValueError(f"regressor.neighbours={self.regressor.neighbours} retrieves similar training rows of a table "
-                             "(data.kind=tabular); a sequence model reads its window instead: set regressor.neighbours=0")
+        if self.data.kind == "sequence" and self.regressor.retrieval:
+            raise ValueError("regressor.retrieval=true retrieves similar training rows of a table (data.kind=tabular); a "
+                             "sequence model reads its window instead: set regressor.retrieval=false")
         if self.data.kind == "sequence":
             r = self.regressor
             if r.patch_len > self.data.window:

@@ -165,7 +165,7 @@ class TabularRegressor(nn.Module):
         if cfg.attention.positional != "none" or cfg.position != "none":
             raise ValueError("tabular features are a set, not a sequence: use model.position=none and "
                              "model.attention.positional=none (each feature has its own embedding)")
-        tokens += 1 if r.neighbours else 0  # the retrieved context's token
+        tokens += bool(r.retrieval)  # the retrieved context's token
         if tokens > cfg.max_seq_len:
             raise ValueError(f"{tokens} feature tokens exceed model.max_seq_len={cfg.max_seq_len}")
         self.numeric = numeric_embedding(r.numeric_embedding, num_features, D, std=cfg.init_std, frequencies=r.num_frequencies,
@@ -177,7 +177,7 @@ class TabularRegressor(nn.Module):
         self.head = nn.Sequential(nn.Dropout(head_dropout), nn.Linear(D, num_targets))
         self.skip = nn.Linear(num_features, num_targets) if r.linear_skip and num_features else None  # None: off
         self.retrieval = (NeighbourContext(D, num_targets, num_features, len(cardinalities or []), neighbours=r.neighbours,
-                                           dropout=cfg.dropout) if r.neighbours else None)
+                                           dropout=cfg.dropout) if r.retrieval else None)
         if self.skip is not None:  # start at the skip's ridge fit (linear_init.py); the transformer learns the rest
             _zero(self.head[-1], self.skip)
         self._register_load_state_dict_pre_hook(_old_tabular_keys)
@@ -194,7 +194,7 @@ class TabularRegressor(nn.Module):
     def forward(self, x: Tensor, cats: Tensor | None = None, padding_mask: Tensor | None = None, *,
                 return_aux: bool = False, rows: Tensor | None = None):
         """``x`` ``[b, F]``, ``cats`` ``[b, C]`` -> ``[b, T]`` (with ``return_aux``: also the MoE aux loss); ``rows``
-        ``[b]``: in training with ``regressor.neighbours``, each row's index in the training split."""
+        ``[b]``: in training with ``regressor.retrieval``, each row's index in the training split."""
         features = self.feature_tokens(x, cats)  # [b, R, D]
         tokens = [self.cls.expand(x.shape[0], -1, -1), features]  # CLS [b, 1, D] first
         if self.retrieval is not None:  # the nearest training rows' targets, as one more token

@@ -97,10 +97,21 @@ class RegressionTask(Task):
                              f"data, or set resume_allow_data_change=true to continue on the new data")
 
     def settle_config(self, cfg: RegressionRunConfig, data, rank: int) -> None:
-        """``regressor.window_norm: auto`` becomes the frame it picks, before a resumed run's config is compared."""
+        """``regressor.window_norm: auto`` becomes the frame it picks and ``regressor.retrieval: auto`` on or off, before
+        a resumed run's config is compared (the checkpoint records the choices)."""
         self.notes = []
         if cfg.data.kind == "sequence" and cfg.regressor.window_norm == "auto":
             self.notes.append(self._choose_window_norm(cfg, data))
+        if cfg.regressor.retrieval is None:  # auto
+            if cfg.data.kind == "sequence":
+                cfg.regressor.retrieval = False
+            else:
+                from .retrieval import REPEATED_ROWS, repeated_share
+
+                share = repeated_share(data.train.x, data.train.cats)
+                cfg.regressor.retrieval = share >= REPEATED_ROWS
+                self.notes.append(f"retrieval auto: {'on' if cfg.regressor.retrieval else 'off'} ({share:.0%} of the training rows repeat "
+                                  f"another's features; on from {REPEATED_ROWS:.0%})")
 
     def build_module(self, cfg: RegressionRunConfig, data):
         from .h_transformer import regressor_for_run
@@ -116,7 +127,7 @@ class RegressionTask(Task):
         if getattr(model, "retrieval", None) is not None:  # the rows it retrieves: the training split
             model.retrieval.fit_candidates(data.train.x, data.train.cats, data.train.y)
             self.notes.append(f"each row retrieves its {cfg.regressor.neighbours} nearest of {len(data.train):,} "
-                              f"training rows (regressor.neighbours)")
+                              f"training rows (regressor.retrieval, regressor.neighbours)")
             self._candidates = data.train
         module = RegressionModule(model, pre, cfg.head, cfg.optim, max_steps=cfg.trainer.max_steps,
                                   horizon_steps=cfg.data.horizon_steps, compile=cfg.trainer.compile,
@@ -220,7 +231,7 @@ def _loaders(data, cfg: RegressionRunConfig, rank: int, world: int):
     make = lambda ds, sampler: DataLoader(ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                                           generator=torch.Generator().manual_seed(cfg.seed))
     # a model that retrieves training rows needs each training row's index, so it does not retrieve itself
-    indexed = cfg.data.kind == "tabular" and cfg.regressor.neighbours
+    indexed = cfg.data.kind == "tabular" and bool(cfg.regressor.retrieval)
     train = make(IndexedRows(data.train) if indexed else data.train, train_sampler)
     val = make(data.val, ShardSampler(len(data.val), rank=rank, world_size=world))
     test = make(data.test, ShardSampler(len(data.test), rank=rank, world_size=world)) if data.test is not None else None

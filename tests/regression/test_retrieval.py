@@ -9,7 +9,7 @@ import torch
 from regression import retrieval
 from regression.h_transformer import TabularRegressor
 from regression.config import RegressorConfig
-from regression.retrieval import NeighbourContext
+from regression.retrieval import NeighbourContext, repeated_share
 from transformer.config import ModelConfig
 
 
@@ -17,7 +17,7 @@ def tabular(neighbours=5, dropout=0.0, cards=(3,)):
     cfg = ModelConfig(kind="encoder", vocab_size=1, embed_dim=16, num_heads=2, num_layers=1, max_seq_len=16, pooling="cls",
                       dropout=dropout, attention={"type": "mha", "positional": "none"})
     model = TabularRegressor(cfg, num_features=4, num_targets=2, cardinalities=list(cards),
-                             regressor=RegressorConfig(linear_skip=False, neighbours=neighbours))
+                             regressor=RegressorConfig(linear_skip=False, retrieval=True, neighbours=neighbours))
     r = model.retrieval  # the values start at zero (the model starts as the plain FT-Transformer): not for these tests
     assert not r.label.weight.any() and not r.transfer[-1].weight.any()
     with torch.no_grad():
@@ -123,11 +123,11 @@ def test_retrieval_learns_what_a_smooth_function_cannot():
     y = (effect[unit] + 0.3 * rng.normal(size=len(unit))).astype(np.float32)[:, None]
     test = np.arange(len(unit)) % 8 == 0  # one row of each unit held out
     errors = {}
-    for k in (0, 8):
+    for k in (0, 8):  # 0: no retrieval
         torch.manual_seed(0)
         cfg = ModelConfig(kind="encoder", vocab_size=1, embed_dim=32, num_heads=2, num_layers=1, max_seq_len=16,
                           pooling="cls", dropout=0.0, attention={"type": "mha", "positional": "none"})
-        model = TabularRegressor(cfg, num_features=4, num_targets=1, regressor=RegressorConfig(linear_skip=False, neighbours=k))
+        model = TabularRegressor(cfg, num_features=4, num_targets=1, regressor=RegressorConfig(linear_skip=False, retrieval=bool(k), neighbours=k or 32))
         train_x, train_y = torch.from_numpy(x[~test]), torch.from_numpy(y[~test])
         no_cats = torch.zeros(len(train_x), 0, dtype=torch.long)
         if k:
@@ -156,7 +156,7 @@ def test_tabular_run_with_neighbours_predicts_from_its_checkpoint_and_refits_aft
     frame.to_csv(tmp_path / "houses.csv", index=False)
     common = [f"data.path={tmp_path / 'houses.csv'}", "data.feature_columns=[area,rooms]", "data.categorical_columns=[city]",
               "data.target_columns=[price]", "trainer.max_steps=10", "trainer.val_check_interval=5",
-              "trainer.progress_bar=false", "model.num_layers=1", "regressor.neighbours=4"]
+              "trainer.progress_bar=false", "model.num_layers=1", "regressor.retrieval=true", "regressor.neighbours=4"]
     first = run(load_any_config("configs/regression/csv_tabular.yaml", [f"out_dir={tmp_path / 'a'}", *common]))
     ckpt = next((first.run_dir / "checkpoints").glob("step*.ckpt"))
     out = predict_file(ckpt, tmp_path / "houses.csv", tmp_path / "p.csv")
@@ -169,30 +169,37 @@ def test_tabular_run_with_neighbours_predicts_from_its_checkpoint_and_refits_aft
     assert state["model.retrieval.candidate_x"].shape[0] == 140  # 70% of 200 rows
 
 
-def test_neighbours_on_a_sequence_run_is_refused():
+def test_retrieval_on_a_sequence_run_is_refused_and_auto_is_off_there():
     from transformer.cli import load_any_config
 
-    with pytest.raises(ValueError, match="regressor.neighbours=4 retrieves similar training rows of a table"):
-        load_any_config("configs/regression/default.yaml", ["regressor.neighbours=4"])
+    with pytest.raises(ValueError, match="regressor.retrieval=true retrieves similar training rows of a table"):
+        load_any_config("configs/regression/default.yaml", ["regressor.retrieval=true"])
+    assert load_any_config("configs/regression/default.yaml", []).regressor.retrieval is None  # auto
 
 
-def test_evaluation_never_searches_with_keys_of_old_weights():
-    torch.manual_seed(4)
-    model = tabular().eval()
-    x, cats, _ = candidates(model, n=30)
-    with torch.no_grad():
-        model(x[:4] + 0.2, cats[:4])  # caches the candidates' keys
-        model.numeric.weight.mul_(-3.0)  # the embedding changes in place, as an optimizer step does
-        model.retrieval.key.weight.add_(0.5)
-        tokens = model.feature_tokens(x[:4] + 0.2, cats[:4])
-        torch.testing.assert_close(model.retrieval(tokens, model.feature_tokens),
-                                   reference(model.retrieval, tokens, model.feature_tokens), atol=1e-5, rtol=1e-5)
-    # a fused optimizer's step changes the weights without bumping their version counters
-    opt = torch.optim.AdamW(model.parameters(), lr=0.5, fused=True)
-    model.train()(x[:8], cats[:8], rows=torch.arange(8)).square().sum().backward()
-    opt.step()
-    model.eval()
-    with torch.no_grad():
-        tokens = model.feature_tokens(x[:4] + 0.2, cats[:4])
-        torch.testing.assert_close(model.retrieval(tokens, model.feature_tokens),
-                                   reference(model.retrieval, tokens, model.feature_tokens), atol=1e-5, rtol=1e-5)
+def test_repeated_share_counts_rows_whose_features_recur():
+    x = np.array([[1.0, 2.0], [1.0, 2.0], [1.0, 3.0], [0.0, 2.0], [1.0, 2.0]])
+    assert repeated_share(x, np.zeros((5, 0), np.int64)) == pytest.approx(3 / 5)
+    assert repeated_share(x, np.array([[1], [2], [1], [1], [1]])) == pytest.approx(2 / 5)  # a category tells them apart
+    assert repeated_share(np.zeros((0, 2)), np.zeros((0, 0), np.int64)) == 0.0
+
+
+@pytest.mark.parametrize("panel", [True, False])
+def test_auto_retrieval_turns_on_for_a_panel_only_and_says_so(tmp_path, capsys, panel):
+    from regression.cli import run
+    from transformer.cli import load_any_config
+
+    rng = np.random.default_rng(0)
+    units = rng.normal(size=(40, 3))
+    x = units[np.repeat(np.arange(40), 6)] if panel else rng.normal(size=(240, 3))
+    frame = pd.DataFrame(x, columns=["a", "b", "c"]).assign(y=rng.normal(size=240))
+    frame.to_csv(tmp_path / "t.csv", index=False)
+    result = run(load_any_config("configs/regression/csv_tabular.yaml", [
+        f"out_dir={tmp_path}", f"data.path={tmp_path / 't.csv'}", "data.feature_columns=[a,b,c]", "data.target_columns=[y]",
+        "trainer.max_steps=4", "trainer.val_check_interval=2", "trainer.progress_bar=false", "model.num_layers=1"]))
+    said = capsys.readouterr()
+    expected = "on" if panel else "off"
+    assert f"retrieval auto: {expected} (" in said.out + said.err
+    state = torch.load(next((result.run_dir / "checkpoints").glob("step*.ckpt")), weights_only=False)
+    assert state["run_config"]["regressor"]["retrieval"] is panel  # the checkpoint records the choice
+    assert any(k.startswith("model.retrieval.") for k in state["state_dict"]) == panel
