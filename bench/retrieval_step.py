@@ -25,7 +25,8 @@ def model(neighbours: int, x: torch.Tensor, y: torch.Tensor) -> TabularRegressor
     cfg = ModelConfig(kind="encoder", vocab_size=1, embed_dim=64, num_heads=4, num_layers=3, max_seq_len=256,
                       pooling="cls", norm="layernorm", mlp="gelu", dropout=0.2, attention={"type": "mha", "positional": "none"})
     m = TabularRegressor(cfg, num_features=x.shape[1], num_targets=1,
-                         regressor=RegressorConfig(linear_skip=False, neighbours=neighbours, numeric_embedding="ple"))
+                         regressor=RegressorConfig(linear_skip=False, retrieval=bool(neighbours), neighbours=neighbours or 32,
+                                                   numeric_embedding="ple"))
     m.numeric.fit_edges(x.numpy())
     if neighbours:
         m.retrieval.fit_candidates(x.numpy(), torch.zeros(len(x), 0, dtype=torch.long).numpy(), y.numpy())

@@ -21,7 +21,7 @@ memory-efficient mode), so distances, weights and the key encoder's gradients ar
 The search keys of all candidates are cached while the model's parameters are unchanged (evaluation: exact). In
 training they are recomputed every ``SEARCH_REFRESH`` forward passes, so *which* rows are picked may lag the latest
 weights by a few optimizer steps (like TabR's context freeze, less coarse). At randhie's size (14k candidates) this
-takes a training step from 126.5 to 88.3 ms (``python bench/retrieval_step.py``; 39.0 ms without retrieval).
+takes a training step from 123.2 to 88.0 ms (``python bench/retrieval_step.py``; 41.1 ms without retrieval).
 
 Shapes: b batch, R feature tokens per row, D embed dim, N candidate rows, m neighbours, F numeric features,
 C categorical features, T targets.
@@ -72,7 +72,7 @@ class NeighbourContext(nn.Module):
         self.register_buffer("candidate_cats", torch.zeros(0, num_categoricals, dtype=torch.long))  # [N, C]
         self.register_buffer("candidate_y", torch.zeros(0, num_targets))  # [N, T]
         self._register_load_state_dict_pre_hook(self._resize_candidates)
-        self._cache: tuple[tuple, Tensor] | None = None  # (signature, search keys [N, D])
+        self._cache: tuple[tuple, Tensor, Tensor] | None = None  # (source, weight fingerprint, search keys [N, D])
         self._stale_steps = 0
 
     def fit_candidates(self, x: np.ndarray, cats: np.ndarray, y: np.ndarray) -> None:
@@ -94,27 +94,35 @@ class NeighbourContext(nn.Module):
         """``[b, R, D] -> [b, D]``."""
         return self.key(self.norm(self.encode(tokens.sum(1))))
 
+    def _source(self, tokens_of: Callable) -> tuple:
+        """What the cached keys are of: the token model, the candidates, autocast."""
+        return id(getattr(tokens_of, "__self__", self)), self.candidate_x.device, self.candidate_x.data_ptr(), torch.is_autocast_enabled()
+
     @torch.no_grad()
-    def _signature(self, tokens_of: Callable) -> tuple[tuple, Tensor]:
-        """(what the keys are of, a fingerprint of the weights): the sum of every parameter of the model that makes
-        the tokens, and of this module. Parameter version counters would be cheaper, but fused optimizers update
-        weights without bumping them."""
+    def _fingerprint(self, tokens_of: Callable) -> Tensor:
+        """The sum of every parameter of the model that makes the tokens, and of this module: changes with any weight
+        update. Parameter version counters would be cheaper, but fused optimizers update weights without bumping them."""
         owner = getattr(tokens_of, "__self__", self)
         params = {id(p): p for p in (*owner.parameters(), *self.parameters())}.values()
-        fingerprint = torch.stack([p.detach().sum(dtype=torch.float64) for p in params])
-        return (id(owner), self.candidate_x.device, self.candidate_x.data_ptr(), torch.is_autocast_enabled()), fingerprint
+        return torch.stack([p.detach().sum(dtype=torch.float64) for p in params])
 
     @torch.no_grad()
     def _candidate_keys(self, tokens_of: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
         """All candidates' search keys ``[N, D]``: cached (see the module docstring)."""
-        signature = self._signature(tokens_of)
-        same = self._cache is not None and self._cache[0][0] == signature[0]
-        if same and (torch.equal(self._cache[0][1], signature[1]) or self.training and self._stale_steps < SEARCH_REFRESH):
-            self._stale_steps += self.training
-            return self._cache[1]
+        source = self._source(tokens_of)
+        if self._cache is not None and self._cache[0] == source:
+            if self.training and self._stale_steps < SEARCH_REFRESH:  # a training step needs no fingerprint
+                self._stale_steps += 1
+                return self._cache[2]
+            fingerprint = self._fingerprint(tokens_of)
+            if torch.equal(self._cache[1], fingerprint):
+                self._stale_steps += self.training
+                return self._cache[2]
+        else:
+            fingerprint = self._fingerprint(tokens_of)
         keys = torch.cat([self.keys(tokens_of(self.candidate_x[s:s + SEARCH_CHUNK], self.candidate_cats[s:s + SEARCH_CHUNK]))
                           for s in range(0, len(self.candidate_x), SEARCH_CHUNK)])
-        self._cache, self._stale_steps = (signature, keys), 1
+        self._cache, self._stale_steps = (source, fingerprint, keys), 1
         return keys
 
     @torch.no_grad()
